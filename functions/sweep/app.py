@@ -1,0 +1,30 @@
+"""Scheduled sweep: expire holds (every minute), keep partitions ahead (hourly)."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from billing.adapters.postgres.connection import shared_connection
+from billing.adapters.postgres.maintenance import PostgresMaintenance
+from billing.adapters.postgres.transactions import PostgresTransactions
+from billing.api.observability import logger, metrics, tracer
+from billing.services.ledger import LedgerService
+from billing.services.sweeps import SweepInput, run_sweep
+
+ledger = LedgerService(PostgresTransactions())
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
+    sweep = SweepInput.model_validate(event)
+    outcome = run_sweep(
+        sweep.job,
+        ledger=ledger,
+        maintenance=lambda: PostgresMaintenance(shared_connection()),
+        now=datetime.now(UTC),
+    )
+    logger.info("sweep finished", extra={"job": sweep.job.value, **outcome})
+    return outcome

@@ -1,0 +1,76 @@
+"""Purchases in Postgres: creation, credentials for auth, the customer's view."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from billing.domain.purchase import NewPurchase, PurchaseCredentials, PurchaseStatus, PurchaseView, Triggers
+
+
+class PostgresPurchaseStore:
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self._connection = connection
+
+    def insert(self, purchase: NewPurchase) -> None:
+        self._connection.execute(
+            """INSERT INTO purchases (id, offer_id, wallet_id, officex_purchase_id, customer_org_id,
+                   customer_user_id, customer_org_endpoint, low_trigger_nano, critical_trigger_nano,
+                   termination_trigger_nano, customer_key_hash, vendor_key_hash, resource)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            (
+                purchase.id,
+                purchase.offer_id,
+                purchase.wallet_id,
+                purchase.officex_purchase_id,
+                purchase.customer_org_id,
+                purchase.customer_user_id,
+                purchase.customer_org_endpoint,
+                purchase.triggers.low_nano,
+                purchase.triggers.critical_nano,
+                purchase.triggers.termination_nano,
+                purchase.customer_key_hash,
+                purchase.vendor_key_hash,
+                Jsonb(purchase.resource),
+            ),
+        )
+
+    def credentials(self, purchase_id: UUID) -> PurchaseCredentials | None:
+        row = self._connection.execute(
+            "SELECT customer_key_hash, vendor_key_hash FROM purchases WHERE id = %s", (purchase_id,)
+        ).fetchone()
+        return PurchaseCredentials(bytes(row[0]), bytes(row[1])) if row else None
+
+    def view(self, purchase_id: UUID) -> PurchaseView | None:
+        with self._connection.cursor(row_factory=dict_row) as cursor:
+            row = cursor.execute(
+                """SELECT p.*, w.address AS deposit_address, w.chain_id AS deposit_chain_id,
+                          w.token AS deposit_token
+                     FROM purchases p LEFT JOIN checkout_wallets w ON w.id = p.wallet_id
+                    WHERE p.id = %s""",
+                (purchase_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return PurchaseView(
+            id=row["id"],
+            offer_id=row["offer_id"],
+            status=PurchaseStatus(row["status"]),
+            balance_nano=row["balance_nano"],
+            held_nano=row["held_nano"],
+            triggers=Triggers(
+                low_nano=row["low_trigger_nano"],
+                critical_nano=row["critical_trigger_nano"],
+                termination_nano=row["termination_trigger_nano"],
+            ),
+            deposit_address=row["deposit_address"],
+            deposit_chain_id=row["deposit_chain_id"],
+            deposit_token=row["deposit_token"],
+            resource=row["resource"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )

@@ -1,0 +1,70 @@
+"""Units of work on Postgres: one explicit transaction, retried on benign races."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+from aws_lambda_powertools import Logger
+
+from billing.adapters.postgres.connection import forget_connection, shared_connection
+from billing.adapters.postgres.ledger_store import DuplicateIdempotencyKey, PostgresLedgerStore
+from billing.adapters.postgres.purchase_store import PostgresPurchaseStore
+from billing.domain.errors import DependencyUnavailable
+
+T = TypeVar("T")
+logger = Logger(child=True)
+
+_RETRYABLE = (
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+    DuplicateIdempotencyKey,
+)
+
+
+class PostgresUnitOfWork:
+    """The stores of one transaction, all on the same connection."""
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self.connection = connection
+        self.ledger = PostgresLedgerStore(connection)
+        self.purchases = PostgresPurchaseStore(connection)
+
+
+class PostgresTransactions:
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]] = shared_connection,
+        *,
+        attempts: int = 4,
+    ) -> None:
+        self._connect = connect
+        self._attempts = attempts
+
+    def run(self, work: Callable[[PostgresUnitOfWork], T]) -> T:
+        """Run ``work`` in one transaction; a race or a stale connection retries it whole.
+
+        Retrying is safe because nothing commits before ``work`` returns and
+        every ledger write is idempotent on its key.
+        """
+        stale_connection_retried = False
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                connection = self._connect()
+                with connection.transaction():
+                    return work(PostgresUnitOfWork(connection))
+            except _RETRYABLE as exc:
+                if attempt >= self._attempts:
+                    raise DependencyUnavailable("the database stayed busy; retry the request") from exc
+                logger.info("retrying transaction after a race", extra={"reason": type(exc).__name__})
+            except psycopg.errors.QueryCanceled as exc:
+                raise DependencyUnavailable("the database did not answer in time; nothing was written") from exc
+            except psycopg.OperationalError as exc:
+                forget_connection()
+                if stale_connection_retried:
+                    raise DependencyUnavailable("the database is unavailable; nothing was written") from exc
+                stale_connection_retried = True
+                logger.warning("database connection lost; reconnecting once", extra={"error": str(exc)})

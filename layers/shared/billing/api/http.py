@@ -1,0 +1,86 @@
+"""The one handler shape every HTTP function uses.
+
+``functions/<route>/app.py`` builds its resolver with :func:`build_app`,
+registers its single route, and exposes ``lambda_handler = http_handler(app)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from billing.api.observability import logger, metrics, tracer
+from billing.api.problems import PROBLEM_CONTENT_TYPE, problem_body, register_problem_handlers
+from billing.domain.errors import InvalidRequest, NotImplementedYet, Unauthorized
+from billing.settings import get_api_settings
+
+LambdaHandler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
+
+#: Query parameters that look like credentials; keys travel only in the Authorization header.
+_CREDENTIAL_QUERY_NAMES = frozenset({"key", "api_key", "apikey", "token", "access_token", "authorization"})
+
+
+def build_app() -> APIGatewayHttpResolver:
+    app = APIGatewayHttpResolver(enable_validation=True)
+    register_problem_handlers(app)
+    return app
+
+
+def _body_size(event: dict[str, Any]) -> int:
+    body = event.get("body") or ""
+    size = len(body.encode()) if isinstance(body, str) else len(body)
+    return size * 3 // 4 if event.get("isBase64Encoded") else size
+
+
+def _too_large(limit: int) -> dict[str, Any]:
+    detail = f"request body exceeds {limit} bytes"
+    return {
+        "statusCode": int(HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+        "headers": {"Content-Type": PROBLEM_CONTENT_TYPE},
+        "body": problem_body(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Payload too large", detail),
+        "isBase64Encoded": False,
+    }
+
+
+def http_handler(app: APIGatewayHttpResolver) -> LambdaHandler:
+    """Wrap ``app`` with logging (correlation id = API request id), tracing, metrics, body limit."""
+    limit = get_api_settings().max_body_bytes
+
+    @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
+    @tracer.capture_lambda_handler(capture_response=False)
+    @metrics.log_metrics
+    def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        if _body_size(event) > limit:
+            logger.info("request refused", extra={"problem": "payload too large", "limit": limit})
+            response = _too_large(limit)
+        else:
+            response = app.resolve(event, context)
+        request_id = (event.get("requestContext") or {}).get("requestId")
+        if request_id:
+            response.setdefault("headers", {})["X-Request-Id"] = request_id
+        return response
+
+    return lambda_handler
+
+
+def bearer_key(app: APIGatewayHttpResolver) -> str:
+    """The API key from ``Authorization: Bearer``; keys in the query string are refused."""
+    event = app.current_event
+    query = event.query_string_parameters or {}
+    if _CREDENTIAL_QUERY_NAMES.intersection(name.lower() for name in query):
+        raise InvalidRequest("API keys are accepted only in the Authorization header, never in the URL")
+    header = event.headers.get("authorization") or ""
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip() or len(key) > 512:
+        raise Unauthorized("invalid purchase id or API key")
+    return key.strip()
+
+
+def not_built(feature: str) -> None:
+    """Answer 501 for a route of the contract whose issue has not landed yet."""
+    raise NotImplementedYet(f"{feature} is not available yet on this server")

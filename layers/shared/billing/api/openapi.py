@@ -1,0 +1,40 @@
+"""OpenAPI pieces: problem responses for route declarations, and the committed document."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+
+from billing.api.problems import PROBLEM_CONTENT_TYPE, Problem
+
+#: Generated from every function's routes by ``make openapi``; CI fails when it drifts.
+OPENAPI_DOCUMENT_PATH = Path(__file__).with_name("openapi.json")
+
+_DESCRIPTIONS = {
+    400: "Malformed request",
+    401: "Missing or wrong API key (the same answer for an unknown purchase)",
+    402: "Insufficient funds or unpaid checkout",
+    404: "Not found",
+    409: "Conflict (idempotency key reused, or wrong state)",
+    413: "Body too large",
+    422: "Validation failed",
+    501: "Not built yet on this server",
+    503: "A dependency is unavailable; nothing was written",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int, OpenAPIResponse]:
+    return {
+        status: {
+            "description": _DESCRIPTIONS[status],
+            "content": {PROBLEM_CONTENT_TYPE: {"model": Problem}},
+        }
+        for status in statuses
+    }
+
+
+def load_openapi_document() -> dict[str, Any]:
+    return dict(json.loads(OPENAPI_DOCUMENT_PATH.read_text()))

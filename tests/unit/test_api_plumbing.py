@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import inspect
+import json
+from http import HTTPStatus
+from uuid import UUID, uuid4
+
+import pytest
+
+from billing.api.problems import STATUS_BY_ERROR, billing_error_response
+from billing.domain import errors
+from billing.domain.api_keys import KeyRole, api_key_matches, generate_api_key, hash_api_key
+from billing.domain.purchase import PurchaseCredentials, Triggers
+from billing.services.purchases import authenticate_in
+
+
+def test_every_client_error_class_has_exactly_one_status() -> None:
+    client_errors = {
+        cls for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, errors.BillingError) and cls is not errors.BillingError
+    }
+    assert client_errors == set(STATUS_BY_ERROR)
+
+
+def test_problem_body_is_rfc9457() -> None:
+    response = billing_error_response(errors.InsufficientFunds("not enough", extra={"available_nano": 3}))
+    assert response.status_code == HTTPStatus.PAYMENT_REQUIRED
+    assert response.headers["Content-Type"] == "application/problem+json"
+    body = json.loads(str(response.body))
+    assert body == {"type": "/problems/insufficient-funds", "title": "Insufficient funds", "status": 402,
+                    "detail": "not enough", "available_nano": 3}
+
+
+def test_unauthorized_advertises_bearer() -> None:
+    response = billing_error_response(errors.Unauthorized("no"))
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_api_keys_are_long_prefixed_and_hashed() -> None:
+    key = generate_api_key(KeyRole.CUSTOMER)
+    assert key.startswith("ck_") and len(key) >= 3 + 43
+    assert generate_api_key(KeyRole.VENDOR).startswith("vk_")
+    assert api_key_matches(key, hash_api_key(key))
+    assert not api_key_matches(key + "x", hash_api_key(key))
+    assert not api_key_matches(key, None)
+
+
+def test_triggers_must_be_ordered() -> None:
+    with pytest.raises(errors.InvalidRequest):
+        Triggers(low_nano=5, critical_nano=5, termination_nano=1)
+    with pytest.raises(errors.InvalidRequest):
+        Triggers(low_nano=5, critical_nano=3, termination_nano=-1)
+
+
+class _FakePurchases:
+    def __init__(self, known: dict[UUID, PurchaseCredentials]) -> None:
+        self.known = known
+
+    def credentials(self, purchase_id: UUID) -> PurchaseCredentials | None:
+        return self.known.get(purchase_id)
+
+
+class _FakeUnit:
+    def __init__(self, purchases: _FakePurchases) -> None:
+        self.purchases = purchases
+
+
+def test_unknown_purchase_malformed_id_and_wrong_key_fail_identically() -> None:
+    purchase_id = uuid4()
+    customer, vendor = generate_api_key(KeyRole.CUSTOMER), generate_api_key(KeyRole.VENDOR)
+    unit = _FakeUnit(_FakePurchases({purchase_id: PurchaseCredentials(hash_api_key(customer),
+                                                                       hash_api_key(vendor))}))
+    assert authenticate_in(unit, str(purchase_id), customer, KeyRole.CUSTOMER) == purchase_id  # type: ignore[arg-type]
+    assert authenticate_in(unit, str(purchase_id), vendor, KeyRole.VENDOR) == purchase_id  # type: ignore[arg-type]
+    details = set()
+    for raw_id, key, role in [
+        (str(uuid4()), customer, KeyRole.CUSTOMER),
+        ("../../etc/passwd", customer, KeyRole.CUSTOMER),
+        (str(purchase_id), "ck_wrong", KeyRole.CUSTOMER),
+        (str(purchase_id), vendor, KeyRole.CUSTOMER),
+        (str(purchase_id), customer, KeyRole.VENDOR),
+    ]:
+        with pytest.raises(errors.Unauthorized) as caught:
+            authenticate_in(unit, raw_id, key, role)  # type: ignore[arg-type]
+        details.add(caught.value.detail)
+    assert len(details) == 1
