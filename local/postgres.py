@@ -73,7 +73,18 @@ def throwaway_cluster() -> Iterator[str]:
     )
     options = f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
     subprocess.run(
-        [*prefix, _tool("pg_ctl"), "-D", str(data_dir), "-o", options, "-l", str(workdir / "log"), "-w", "start"],
+        [
+            *prefix,
+            _tool("pg_ctl"),
+            "-D",
+            str(data_dir),
+            "-o",
+            options,
+            "-l",
+            str(workdir / "log"),
+            "-w",
+            "start",
+        ],
         check=True,
         capture_output=True,
     )

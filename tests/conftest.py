@@ -11,6 +11,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from billing.adapters.postgres.connection import forget_connection
+from billing.adapters.postgres.migrate import apply_migrations
+from billing.settings import get_api_settings, get_database_settings
+from local.postgres import admin_database_url, scratch_database
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVENTS_DIR = REPO_ROOT / "events"
 
@@ -29,9 +34,6 @@ def load_event(name: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    from billing.adapters.postgres.migrate import apply_migrations
-    from local.postgres import admin_database_url, scratch_database
-
     with admin_database_url() as admin_url, scratch_database(admin_url, prefix="billing_test") as url:
         with psycopg.connect(url, autocommit=True) as connection:
             apply_migrations(connection)
@@ -49,9 +51,6 @@ def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
 @pytest.fixture
 def handler_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Point in-process handlers at the test database, with a fresh connection."""
-    from billing.adapters.postgres.connection import forget_connection
-    from billing.settings import get_api_settings, get_database_settings
-
     monkeypatch.setenv("DATABASE_URL", database_url)
     get_database_settings.cache_clear()
     get_api_settings.cache_clear()

@@ -1,4 +1,7 @@
-"""POST /offer/{offer_id}/checkout/wallet/{wallet_id}/verify — payment verification (501 until its issue lands)."""
+"""POST /offer/{offer_id}/checkout/wallet/{wallet_id}/verify — payment verification.
+
+501 until its issue lands.
+"""
 
 from billing.api.http import build_app, http_handler, not_built
 from billing.api.openapi import problem_responses

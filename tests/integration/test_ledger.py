@@ -18,7 +18,7 @@ from billing.domain.errors import (
     NotFound,
     StateConflict,
 )
-from billing.services.ledger import LedgerService, apply_in
+from billing.services.ledger import apply_in
 from tests.integration.ledger_support import assert_ledger_invariants, ledger_on, new_purchase
 
 NOW = datetime.now(UTC)
@@ -34,7 +34,10 @@ def test_credit_debit_replay_and_conflict(db: psycopg.Connection[Any]) -> None:
     with pytest.raises(IdempotencyConflict):
         service.apply(ledger.credit(purchase_id, 999, "deposit-1"))
     assert service.apply(ledger.debit(purchase_id, 400, "use-1")).balance_after_nano == 600
-    assert service.apply(ledger.adjustment(purchase_id, -100, "fix-1", reason="goodwill")).balance_after_nano == 500
+    assert (
+        service.apply(ledger.adjustment(purchase_id, -100, "fix-1", reason="goodwill")).balance_after_nano
+        == 500
+    )
     assert assert_ledger_invariants(db, purchase_id) == (500, 0)
 
 
@@ -46,7 +49,9 @@ def test_debit_beyond_available_is_refused_unless_overdraft_allowed(db: psycopg.
     with pytest.raises(InsufficientFunds) as refused:
         service.apply(ledger.debit(purchase_id, 50, "u1"))
     assert refused.value.extra == {"available_nano": 40, "required_nano": 50}
-    assert service.apply(ledger.debit(purchase_id, 150, "u2", require_available=False)).balance_after_nano == -50
+    assert (
+        service.apply(ledger.debit(purchase_id, 150, "u2", require_available=False)).balance_after_nano == -50
+    )
     assert assert_ledger_invariants(db, purchase_id) == (-50, 60)
 
 
@@ -137,7 +142,9 @@ def test_concurrent_debits_never_overdraw(db: psycopg.Connection[Any], database_
     assert count == 25
 
 
-def test_same_key_raced_from_many_connections_applies_once(db: psycopg.Connection[Any], database_url: str) -> None:
+def test_same_key_raced_from_many_connections_applies_once(
+    db: psycopg.Connection[Any], database_url: str
+) -> None:
     purchase_id, _, _ = new_purchase(db)
     ledger_on(db).apply(ledger.credit(purchase_id, 10_000, "opening"))
     connections = _connections(database_url, 12)
@@ -169,11 +176,15 @@ def test_error_after_the_ledger_write_rolls_everything_back(db: psycopg.Connecti
     with pytest.raises(RuntimeError):
         PostgresTransactions(lambda: db).run(charge_then_fail)
     assert assert_ledger_invariants(db, purchase_id) == (1_000, 0)
-    (rows,) = db.execute("SELECT count(*) FROM ledger_entries WHERE purchase_id = %s", (purchase_id,)).fetchone() or (0,)
+    (rows,) = db.execute(
+        "SELECT count(*) FROM ledger_entries WHERE purchase_id = %s", (purchase_id,)
+    ).fetchone() or (0,)
     assert rows == 1
 
 
-def test_killed_connection_mid_transaction_writes_nothing(db: psycopg.Connection[Any], database_url: str) -> None:
+def test_killed_connection_mid_transaction_writes_nothing(
+    db: psycopg.Connection[Any], database_url: str
+) -> None:
     purchase_id, _, _ = new_purchase(db)
     ledger_on(db).apply(ledger.credit(purchase_id, 1_000, "opening"))
     victim = psycopg.connect(database_url, autocommit=True)

@@ -96,10 +96,13 @@ def test_concurrent_random_operations_keep_the_books_exact(
     assert_ledger_invariants(db, purchase_id)
     recorded = dict(
         db.execute(
-            "SELECT idempotency_key, id FROM ledger_entries WHERE purchase_id = %s AND idempotency_key <> 'opening'",
+            """SELECT idempotency_key, id FROM ledger_entries
+                WHERE purchase_id = %s AND idempotency_key <> 'opening'""",
             (purchase_id,),
         ).fetchall()
     )
     for key, entry_ids in receipts.items():
-        assert entry_ids == {recorded[key]}, f"{key} answered with entries {entry_ids}, recorded {recorded[key]}"
+        assert entry_ids == {recorded[key]}, (
+            f"{key} answered with entries {entry_ids}, recorded {recorded[key]}"
+        )
     assert set(recorded) == set(receipts)

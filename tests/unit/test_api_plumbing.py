@@ -16,7 +16,8 @@ from billing.services.purchases import authenticate_in
 
 def test_every_client_error_class_has_exactly_one_status() -> None:
     client_errors = {
-        cls for _, cls in inspect.getmembers(errors, inspect.isclass)
+        cls
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
         if issubclass(cls, errors.BillingError) and cls is not errors.BillingError
     }
     assert client_errors == set(STATUS_BY_ERROR)
@@ -27,8 +28,13 @@ def test_problem_body_is_rfc9457() -> None:
     assert response.status_code == HTTPStatus.PAYMENT_REQUIRED
     assert response.headers["Content-Type"] == "application/problem+json"
     body = json.loads(str(response.body))
-    assert body == {"type": "/problems/insufficient-funds", "title": "Insufficient funds", "status": 402,
-                    "detail": "not enough", "available_nano": 3}
+    assert body == {
+        "type": "/problems/insufficient-funds",
+        "title": "Insufficient funds",
+        "status": 402,
+        "detail": "not enough",
+        "available_nano": 3,
+    }
 
 
 def test_unauthorized_advertises_bearer() -> None:
@@ -68,8 +74,9 @@ class _FakeUnit:
 def test_unknown_purchase_malformed_id_and_wrong_key_fail_identically() -> None:
     purchase_id = uuid4()
     customer, vendor = generate_api_key(KeyRole.CUSTOMER), generate_api_key(KeyRole.VENDOR)
-    unit = _FakeUnit(_FakePurchases({purchase_id: PurchaseCredentials(hash_api_key(customer),
-                                                                       hash_api_key(vendor))}))
+    unit = _FakeUnit(
+        _FakePurchases({purchase_id: PurchaseCredentials(hash_api_key(customer), hash_api_key(vendor))})
+    )
     assert authenticate_in(unit, str(purchase_id), customer, KeyRole.CUSTOMER) == purchase_id  # type: ignore[arg-type]
     assert authenticate_in(unit, str(purchase_id), vendor, KeyRole.VENDOR) == purchase_id  # type: ignore[arg-type]
     details = set()

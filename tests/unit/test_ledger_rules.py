@@ -34,7 +34,7 @@ def test_idempotency_keys_are_bounded_printable_text(key: str) -> None:
 
 def test_hold_needs_aware_expiry_and_adjustment_needs_reason() -> None:
     with pytest.raises(InvalidRequest):
-        ledger.place_hold(PURCHASE, uuid4(), 1, datetime(2030, 1, 1), "k")  # noqa: DTZ001
+        ledger.place_hold(PURCHASE, uuid4(), 1, datetime(2030, 1, 1), "k")
     with pytest.raises(InvalidRequest):
         ledger.adjustment(PURCHASE, -1, "k", reason="  ")
     assert ledger.adjustment(PURCHASE, -1, "k", reason="refund").amount_nano == -1
@@ -49,8 +49,14 @@ def test_fingerprint_tells_replay_from_reuse() -> None:
 
 def _recorded(operation: ledger.LedgerOperation) -> ledger.LedgerReceipt:
     return ledger.LedgerReceipt(
-        entry_id=7, purchase_id=PURCHASE, kind=operation.kind, amount_nano=operation.amount_nano,
-        held_delta_nano=0, balance_after_nano=95, held_after_nano=0, fingerprint=operation.fingerprint(),
+        entry_id=7,
+        purchase_id=PURCHASE,
+        kind=operation.kind,
+        amount_nano=operation.amount_nano,
+        held_delta_nano=0,
+        balance_after_nano=95,
+        held_after_nano=0,
+        fingerprint=operation.fingerprint(),
     )
 
 

@@ -32,8 +32,24 @@ def test_parses_exact_decimal_strings(text: str, nano: int) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [1.5, 2, None, True, "NaN", "nan", "Infinity", "-inf", "1e3", "1.0000000001", "0x10", "", "1,5", "--1",
-     "1000000000.000000001", "9999999999999"],
+    [
+        1.5,
+        2,
+        None,
+        True,
+        "NaN",
+        "nan",
+        "Infinity",
+        "-inf",
+        "1e3",
+        "1.0000000001",
+        "0x10",
+        "",
+        "1,5",
+        "--1",
+        "1000000000.000000001",
+        "9999999999999",
+    ],
 )
 def test_rejects_what_is_not_an_exact_amount(value: object) -> None:
     with pytest.raises(InvalidAmount):
@@ -88,9 +104,16 @@ def _post(app: APIGatewayHttpResolver, raw_body: str) -> dict[str, object]:
         "rawQueryString": "",
         "headers": {"content-type": "application/json"},
         "requestContext": {
-            "http": {"method": "POST", "path": "/charge", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
-                     "userAgent": "test"},
-            "requestId": "req-1", "routeKey": "POST /charge", "stage": "$default",
+            "http": {
+                "method": "POST",
+                "path": "/charge",
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "test",
+            },
+            "requestId": "req-1",
+            "routeKey": "POST /charge",
+            "stage": "$default",
         },
         "body": raw_body,
         "isBase64Encoded": False,
@@ -116,6 +139,9 @@ def test_money_fields_round_trip_as_strings_and_refuse_unknown_fields() -> None:
     ok = _post(app, '{"amount": "0.000000001", "correction": "-3.5"}')
     assert ok["statusCode"] == 200
     assert json.loads(str(ok["body"])) == {
-        "amount": "0.000000001", "refundable": "0.000000000", "correction": "-3.500000000"}
+        "amount": "0.000000001",
+        "refundable": "0.000000000",
+        "correction": "-3.500000000",
+    }
     unknown = _post(app, '{"amount": "1", "surprise": true}')
     assert unknown["statusCode"] == 422

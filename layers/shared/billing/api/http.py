@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.logging import correlation_paths
@@ -65,7 +65,7 @@ def http_handler(app: APIGatewayHttpResolver) -> LambdaHandler:
             response.setdefault("headers", {})["X-Request-Id"] = request_id
         return response
 
-    return lambda_handler
+    return cast(LambdaHandler, lambda_handler)
 
 
 def bearer_key(app: APIGatewayHttpResolver) -> str:

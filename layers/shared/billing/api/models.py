@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic import BaseModel as _PydanticModel
+from pydantic import BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from billing.domain.errors import InvalidAmount
 from billing.domain.money import format_usd, parse_usd
@@ -45,13 +45,22 @@ _serialize_usd = PlainSerializer(format_usd, return_type=str)
 
 #: A non-negative USD amount: decimal string in, nano-USD ``int`` inside, decimal string out.
 UsdAmount = Annotated[
-    int, _usd_parser(allow_negative=False, allow_zero=True), _serialize_usd, _usd_schema("USD as a decimal string, up to 9 decimals")
+    int,
+    _usd_parser(allow_negative=False, allow_zero=True),
+    _serialize_usd,
+    _usd_schema("USD as a decimal string, up to 9 decimals"),
 ]
 PositiveUsdAmount = Annotated[
-    int, _usd_parser(allow_negative=False, allow_zero=False), _serialize_usd, _usd_schema("USD > 0 as a decimal string")
+    int,
+    _usd_parser(allow_negative=False, allow_zero=False),
+    _serialize_usd,
+    _usd_schema("USD > 0 as a decimal string"),
 ]
 SignedUsdAmount = Annotated[
-    int, _usd_parser(allow_negative=True, allow_zero=True), _serialize_usd, _usd_schema("signed USD as a decimal string")
+    int,
+    _usd_parser(allow_negative=True, allow_zero=True),
+    _serialize_usd,
+    _usd_schema("signed USD as a decimal string"),
 ]
 
 IdempotencyKey = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]

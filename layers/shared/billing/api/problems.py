@@ -6,7 +6,7 @@ import json
 from http import HTTPStatus
 from typing import Any
 
-from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict
@@ -96,8 +96,11 @@ def billing_error_response(error: BillingError) -> Response[str]:
 def validation_problem(error: RequestValidationError) -> Response[str]:
     """422 listing where and why; the offending input is never echoed (it may be a secret)."""
     issues = [
-        {"loc": [str(part) if not isinstance(part, int) else part for part in item["loc"]],
-         "msg": _without_input(item.get("msg", "invalid")), "type": item.get("type", "invalid")}
+        {
+            "loc": [str(part) if not isinstance(part, int) else part for part in item["loc"]],
+            "msg": _without_input(item.get("msg", "invalid")),
+            "type": item.get("type", "invalid"),
+        }
         for item in error.errors()
     ]
     logger.info("request refused", extra={"problem": "validation", "errors": issues})
@@ -114,29 +117,28 @@ def _without_input(message: str) -> str:
     return message.removeprefix("Value error, ")
 
 
-def register_problem_handlers(app: Any) -> None:
+def _dependency_problem(error: DependencyUnavailable) -> Response[str]:
+    logger.warning("dependency unavailable", extra={"detail": error.detail})
+    return problem_response(HTTPStatus.SERVICE_UNAVAILABLE, error.title, error.detail)
+
+
+def _no_route_problem(_: NotFoundError) -> Response[str]:
+    return problem_response(HTTPStatus.NOT_FOUND, "Not found", "no such route")
+
+
+def _unexpected_problem(_: Exception) -> Response[str]:
+    logger.exception("unexpected error")
+    return problem_response(
+        HTTPStatus.INTERNAL_SERVER_ERROR,
+        "Internal error",
+        "an unexpected error occurred; quote the x-request-id header when reporting it",
+    )
+
+
+def register_problem_handlers(app: APIGatewayHttpResolver) -> None:
     """Attach the mapping to a Powertools resolver."""
-
-    @app.exception_handler(BillingError)
-    def _billing(error: BillingError) -> Response[str]:
-        return billing_error_response(error)
-
-    @app.exception_handler(RequestValidationError)
-    def _validation(error: RequestValidationError) -> Response[str]:
-        return validation_problem(error)
-
-    @app.exception_handler(NotFoundError)
-    def _no_route(_: NotFoundError) -> Response[str]:
-        return problem_response(HTTPStatus.NOT_FOUND, "Not found", "no such route")
-
-    @app.exception_handler(DependencyUnavailable)
-    def _dependency(error: DependencyUnavailable) -> Response[str]:
-        logger.warning("dependency unavailable", extra={"detail": error.detail})
-        return problem_response(HTTPStatus.SERVICE_UNAVAILABLE, error.title, error.detail)
-
-    @app.exception_handler(Exception)
-    def _unexpected(error: Exception) -> Response[str]:
-        logger.exception("unexpected error")
-        return problem_response(
-            HTTPStatus.INTERNAL_SERVER_ERROR, "Internal error", "an unexpected error occurred; quote the x-request-id header when reporting it"
-        )
+    app.exception_handler(BillingError)(billing_error_response)
+    app.exception_handler(RequestValidationError)(validation_problem)
+    app.exception_handler(NotFoundError)(_no_route_problem)
+    app.exception_handler(DependencyUnavailable)(_dependency_problem)
+    app.exception_handler(Exception)(_unexpected_problem)

@@ -29,7 +29,7 @@ def parse_usd(text: object, *, allow_negative: bool = False, allow_zero: bool = 
     binary float, and ``1e3``-style or ``NaN`` strings are refused too.
     """
     if not isinstance(text, str):
-        raise InvalidAmount(f"must be a decimal string such as \"12.50\", not {type(text).__name__}")
+        raise InvalidAmount(f'must be a decimal string such as "12.50", not {type(text).__name__}')
     candidate = text.strip()
     match = _DECIMAL_STRING.fullmatch(candidate)
     if match is None:

@@ -130,10 +130,11 @@ class PostgresLedgerStore:
 
     def try_apply(self, operation: LedgerOperation) -> LedgerReceipt | None:
         """Apply ``operation`` if its key is unused and its funds rule holds; else ``None``."""
+        fingerprint = operation.fingerprint()
         params = {
             "purchase_id": operation.purchase_id,
             "key": operation.idempotency_key,
-            "fingerprint": operation.fingerprint(),
+            "fingerprint": fingerprint,
             "kind": operation.kind.value,
             "amount": operation.amount_nano,
             "held_delta": operation.held_delta_nano,
@@ -171,7 +172,7 @@ class PostgresLedgerStore:
             held_delta_nano=held_delta,
             balance_after_nano=row[1],
             held_after_nano=row[2],
-            fingerprint=params["fingerprint"],
+            fingerprint=fingerprint,
             hold_id=row[3],
         )
 

@@ -6,7 +6,9 @@ refuses to run when an applied migration's file was edited afterwards.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import os
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -41,7 +43,9 @@ def bundled_migrations() -> list[Migration]:
     return sorted(found, key=lambda migration: migration.version)
 
 
-def apply_migrations(connection: psycopg.Connection[Any], migrations: list[Migration] | None = None) -> list[str]:
+def apply_migrations(
+    connection: psycopg.Connection[Any], migrations: list[Migration] | None = None
+) -> list[str]:
     """Apply what is missing; returns the versions applied by this call."""
     applied_now = []
     for migration in migrations if migrations is not None else bundled_migrations():
@@ -69,9 +73,6 @@ def apply_migrations(connection: psycopg.Connection[Any], migrations: list[Migra
 
 
 def main() -> None:
-    import argparse
-    import os
-
     parser = argparse.ArgumentParser(description="Apply the bundled SQL migrations to DATABASE_URL.")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     arguments = parser.parse_args()

@@ -61,7 +61,9 @@ class PostgresTransactions:
                     raise DependencyUnavailable("the database stayed busy; retry the request") from exc
                 logger.info("retrying transaction after a race", extra={"reason": type(exc).__name__})
             except psycopg.errors.QueryCanceled as exc:
-                raise DependencyUnavailable("the database did not answer in time; nothing was written") from exc
+                raise DependencyUnavailable(
+                    "the database did not answer in time; nothing was written"
+                ) from exc
             except psycopg.OperationalError as exc:
                 forget_connection()
                 if stale_connection_retried:
