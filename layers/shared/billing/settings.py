@@ -33,7 +33,8 @@ class ApiSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     max_body_bytes: int = Field(default=65_536, ge=1_024, le=6_000_000)
-    public_base_url: str = "http://127.0.0.1:3000"
+    #: Custom domain for links in responses; ``None`` means "the host the request came to".
+    public_base_url: str | None = None
 
 
 def database_settings_from(environ: dict[str, str]) -> DatabaseSettings:
@@ -51,7 +52,7 @@ def database_settings_from(environ: dict[str, str]) -> DatabaseSettings:
 def api_settings_from(environ: dict[str, str]) -> ApiSettings:
     return ApiSettings(
         max_body_bytes=int(environ.get("MAX_BODY_BYTES", "65536")),
-        public_base_url=environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:3000"),
+        public_base_url=environ.get("PUBLIC_BASE_URL") or None,
     )
 
 

@@ -1,0 +1,478 @@
+"""Static checks of template.yaml: routes, folders, handlers, schedules, policies.
+
+Everything here is offline. The two subprocess tests use the separate SAM venv
+(`.venv-sam`, see requirements-sam.txt) and are skipped when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE_PATH = REPO_ROOT / "template.yaml"
+FUNCTIONS_DIR = REPO_ROOT / "functions"
+SAM_VENV_BIN = REPO_ROOT / ".venv-sam" / "bin"
+SAM_BIN = SAM_VENV_BIN / "sam"
+SAM_PYTHON = SAM_VENV_BIN / "python"
+
+HANDLER = "app.lambda_handler"
+
+# folder under functions/ -> (method, path). The paths are the API contract.
+HTTP_ROUTES: dict[str, tuple[str, str]] = {
+    "health": ("GET", "/health"),
+    "openapi": ("GET", "/openapi.json"),
+    "appstore_suggest": ("GET", "/appstore/suggest"),
+    "appstore_list": ("GET", "/appstore/list/{list_id}"),
+    "offer_get": ("GET", "/offer/{offer_id}"),
+    "checkout_wallet_create": ("POST", "/offer/{offer_id}/checkout/wallet/create"),
+    "checkout_wallet_verify": ("POST", "/offer/{offer_id}/checkout/wallet/{wallet_id}/verify"),
+    "checkout_finalize": ("POST", "/offer/{offer_id}/checkout/finalize"),
+    "purchase_get": ("GET", "/purchase/{purchase_id}"),
+    "meter_usage": ("POST", "/purchase/{purchase_id}/meter-usage"),
+    "purchase_authorize": ("POST", "/purchase/{purchase_id}/authorize"),
+    "verify_topup": ("POST", "/purchase/{purchase_id}/verify-topup"),
+    "historical_billing": ("POST", "/purchase/{purchase_id}/historical-billing"),
+}
+NON_HTTP_FOLDERS = {"cost_export", "sweep", "migrate"}
+# Functions that never touch the database get no Secrets Manager access.
+NO_DB_FOLDERS = {"openapi"}
+
+SAM_VENV_MISSING = (
+    f"SAM CLI venv missing: {SAM_VENV_BIN} (python -m venv .venv-sam && pip install -r requirements-sam.txt)"
+)
+
+SAM_ENV_OVERRIDES = {
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "SAM_CLI_TELEMETRY": "0",
+}
+
+
+# --------------------------------------------------------------- YAML loading
+class CloudFormationLoader(yaml.SafeLoader):
+    """SafeLoader that turns CloudFormation short tags into their long form.
+
+    `!Ref X` -> {"Ref": "X"}, `!GetAtt A.B` -> {"Fn::GetAtt": ["A", "B"]},
+    `!Sub ...` -> {"Fn::Sub": ...}, and any other `!Name` -> {"Fn::Name": ...}.
+    """
+
+
+def _construct_cfn_tag(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    if tag_suffix == "Ref":
+        return {"Ref": value}
+    if tag_suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{tag_suffix}": value}
+
+
+CloudFormationLoader.add_multi_constructor("!", _construct_cfn_tag)
+
+
+def load_cfn_yaml(text: str) -> dict[str, Any]:
+    document = yaml.load(text, Loader=CloudFormationLoader)
+    assert isinstance(document, dict), "a CloudFormation template is a mapping"
+    return document
+
+
+# -------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_cfn_yaml(TEMPLATE_PATH.read_text(encoding="utf-8"))
+
+
+def _functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        logical_id: resource["Properties"]
+        for logical_id, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+    }
+
+
+def _folder_of(code_uri: str) -> str:
+    prefix = "functions/"
+    assert code_uri.startswith(prefix) and code_uri.endswith("/"), code_uri
+    folder = code_uri[len(prefix) : -1]
+    assert folder and "/" not in folder, code_uri
+    return folder
+
+
+def _functions_by_folder(template: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    by_folder: dict[str, tuple[str, dict[str, Any]]] = {}
+    for logical_id, props in _functions(template).items():
+        folder = _folder_of(props["CodeUri"])
+        assert folder not in by_folder, f"{folder} used by {by_folder[folder][0]} and {logical_id}"
+        by_folder[folder] = (logical_id, props)
+    return by_folder
+
+
+def _events_of_type(props: dict[str, Any], event_type: str) -> dict[str, dict[str, Any]]:
+    return {
+        name: event.get("Properties", {})
+        for name, event in (props.get("Events") or {}).items()
+        if event["Type"] == event_type
+    }
+
+
+def _pascal(folder: str) -> str:
+    return "".join(part.capitalize() for part in folder.split("_"))
+
+
+def _sam_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(SAM_ENV_OVERRIDES)
+    return env
+
+
+# ------------------------------------------------------------ folders/handlers
+def test_template_declares_exactly_the_expected_function_folders(template: dict[str, Any]) -> None:
+    assert set(_functions_by_folder(template)) == set(HTTP_ROUTES) | NON_HTTP_FOLDERS
+
+
+def test_every_function_folder_has_exactly_one_function(template: dict[str, Any]) -> None:
+    on_disk = {p.parent.name for p in FUNCTIONS_DIR.glob("*/app.py")}
+    code_uri_counts = Counter(_folder_of(props["CodeUri"]) for props in _functions(template).values())
+    missing_in_template = sorted(on_disk - set(code_uri_counts))
+    assert not missing_in_template, (
+        f"functions/ folders without a function in template.yaml: {missing_in_template}"
+    )
+    shared = sorted(folder for folder, count in code_uri_counts.items() if count != 1)
+    assert not shared, f"folders used by more than one function: {shared}"
+
+
+def test_every_function_code_uri_folder_exists_with_app_py(template: dict[str, Any]) -> None:
+    missing = sorted(
+        props["CodeUri"]
+        for props in _functions(template).values()
+        if not (REPO_ROOT / props["CodeUri"] / "app.py").is_file()
+    )
+    assert not missing, f"CodeUri folders without app.py: {missing}"
+
+
+def test_logical_ids_are_pascal_case_folder_plus_function(template: dict[str, Any]) -> None:
+    for folder, (logical_id, _) in _functions_by_folder(template).items():
+        assert logical_id == f"{_pascal(folder)}Function"
+
+
+def test_every_function_has_the_standard_handler(template: dict[str, Any]) -> None:
+    wrong = {
+        lid: props.get("Handler")
+        for lid, props in _functions(template).items()
+        if props.get("Handler") != HANDLER
+    }
+    assert not wrong
+
+
+# ---------------------------------------------------------------------- routes
+def test_http_routes_are_exactly_the_contract(template: dict[str, Any]) -> None:
+    routes: list[tuple[str, str]] = []
+    for folder, (logical_id, props) in _functions_by_folder(template).items():
+        http_events = _events_of_type(props, "HttpApi")
+        if folder in NON_HTTP_FOLDERS:
+            assert not http_events, f"{logical_id} must not be reachable over HTTP"
+            continue
+        assert len(props["Events"]) == 1 and len(http_events) == 1, f"{logical_id}: exactly one HttpApi event"
+        (event,) = http_events.values()
+        assert event["ApiId"] == {"Ref": "HttpApi"}, logical_id
+        route = (event["Method"].upper(), event["Path"])
+        assert route == HTTP_ROUTES[folder], logical_id
+        routes.append(route)
+    duplicates = [route for route, count in Counter(routes).items() if count > 1]
+    assert not duplicates
+    assert set(routes) == set(HTTP_ROUTES.values())
+    assert len(routes) == 13
+
+
+def test_one_http_api_with_default_stage_throttling_and_access_logs(template: dict[str, Any]) -> None:
+    apis = {lid: r for lid, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::HttpApi"}
+    assert list(apis) == ["HttpApi"]
+    props = apis["HttpApi"]["Properties"]
+    assert props["StageName"] == "$default"
+    assert props["DefaultRouteSettings"] == {
+        "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+        "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+    }
+    access = props["AccessLogSettings"]
+    log_group_id = access["DestinationArn"]["Fn::GetAtt"][0]
+    log_group = template["Resources"][log_group_id]
+    assert log_group["Type"] == "AWS::Logs::LogGroup"
+    assert log_group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    fields = json.loads(access["Format"])
+    assert set(fields) == {
+        "requestId",
+        "ip",
+        "requestTime",
+        "httpMethod",
+        "routeKey",
+        "status",
+        "protocol",
+        "responseLength",
+        "integrationErrorMessage",
+    }
+
+
+# ------------------------------------------------------------ globals & layer
+def test_globals(template: dict[str, Any]) -> None:
+    g = template["Globals"]["Function"]
+    assert g["Runtime"] == "python3.12"
+    assert g["Architectures"] == ["arm64"]
+    assert g["Layers"] == [{"Ref": "SharedLayer"}]
+    assert g["Tracing"] == "Active"
+    assert g["LoggingConfig"]["LogFormat"] == "JSON"
+    log_group = template["Resources"][g["LoggingConfig"]["LogGroup"]["Ref"]]
+    assert log_group["Type"] == "AWS::Logs::LogGroup"
+    assert log_group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert g["VpcConfig"]["Fn::If"][0] == "HasVpc"
+    assert g["VpcConfig"]["Fn::If"][2] == {"Ref": "AWS::NoValue"}
+    variables = g["Environment"]["Variables"]
+    assert {
+        "DB_SECRET_ARN",
+        "DB_HOST",
+        "DB_PORT",
+        "DB_NAME",
+        "DB_SSLMODE",
+        "POWERTOOLS_SERVICE_NAME",
+        "POWERTOOLS_METRICS_NAMESPACE",
+        "POWERTOOLS_LOG_LEVEL",
+        "MAX_BODY_BYTES",
+        "PUBLIC_BASE_URL",
+    } <= set(variables)
+    assert variables["DB_SSLMODE"] == "require"
+
+
+def test_shared_layer_is_built_for_python312_arm64(template: dict[str, Any]) -> None:
+    layer = template["Resources"]["SharedLayer"]
+    assert layer["Type"] == "AWS::Serverless::LayerVersion"
+    assert layer["Properties"]["ContentUri"] == "layers/shared/"
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"]
+    assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    assert layer["Metadata"]["BuildMethod"] == "python3.12"
+    assert layer["Metadata"]["BuildArchitecture"] == "arm64"
+    assert (REPO_ROOT / "layers" / "shared" / "requirements.txt").is_file()
+
+
+# ------------------------------------------------------- schedules & cost export
+def test_schedules_have_explicit_names_and_known_jobs(template: dict[str, Any]) -> None:
+    schedules: dict[str, dict[str, Any]] = {}
+    for props in _functions(template).values():
+        schedules.update(_events_of_type(props, "ScheduleV2"))
+    assert set(schedules) == {"SweepHoldsAndBalances", "SweepMaintenance"}
+    for name, props in schedules.items():
+        assert "Fn::Sub" in props["Name"] and "${AWS::StackName}" in props["Name"]["Fn::Sub"], name
+        assert props["State"] == "ENABLED", name
+        assert props["RetryPolicy"]["MaximumRetryAttempts"] <= 3, name
+    assert json.loads(schedules["SweepHoldsAndBalances"]["Input"]) == {"job": "holds_and_balances"}
+    assert json.loads(schedules["SweepMaintenance"]["Input"]) == {"job": "maintenance"}
+    assert _functions(template)["SweepFunction"]["CodeUri"] == "functions/sweep/"
+
+
+def test_cost_export_triggers_on_manifest_objects(template: dict[str, Any]) -> None:
+    props = _functions(template)["CostExportFunction"]
+    (event,) = _events_of_type(props, "S3").values()
+    assert event["Bucket"] == {"Ref": "CostReportBucket"}
+    assert event["Events"] == "s3:ObjectCreated:*"
+    assert event["Filter"]["S3Key"]["Rules"] == [{"Name": "suffix", "Value": "Manifest.json"}]
+    assert props["Timeout"] == 900
+
+
+def test_cost_export_read_policy_names_the_report_bucket(template: dict[str, Any]) -> None:
+    # The policy cannot !Ref the bucket (circular dependency); it must repeat the
+    # bucket's name expression exactly.
+    bucket_name = template["Resources"]["CostReportBucket"]["Properties"]["BucketName"]
+    policies = _functions(template)["CostExportFunction"]["Policies"]
+    read = [p["S3ReadPolicy"] for p in policies if isinstance(p, dict) and "S3ReadPolicy" in p]
+    assert read == [{"BucketName": bucket_name}]
+
+
+def test_report_bucket_is_private_encrypted_versioned_and_tls_only(template: dict[str, Any]) -> None:
+    bucket = template["Resources"]["CostReportBucket"]["Properties"]
+    assert set(bucket["PublicAccessBlockConfiguration"].values()) == {True}
+    assert len(bucket["PublicAccessBlockConfiguration"]) == 4
+    assert bucket["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    sse = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert sse["SSEAlgorithm"] == "AES256"
+    statements = template["Resources"]["CostReportBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    allow = [s for s in statements if s["Effect"] == "Allow"]
+    assert len(allow) == 1
+    assert set(allow[0]["Principal"]["Service"]) == {
+        "billingreports.amazonaws.com",
+        "bcm-data-exports.amazonaws.com",
+    }
+    assert set(allow[0]["Action"]) == {"s3:PutObject", "s3:GetBucketPolicy", "s3:GetBucketAcl"}
+    assert allow[0]["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+    deny = [s for s in statements if s["Effect"] == "Deny"]
+    assert [s["Condition"] for s in deny] == [{"Bool": {"aws:SecureTransport": "false"}}]
+
+
+# -------------------------------------------------------------------- policies
+def test_least_privilege_policies(template: dict[str, Any]) -> None:
+    secret_policy = {"AWSSecretsManagerGetSecretValuePolicy": {"SecretArn": {"Ref": "DatabaseSecretArn"}}}
+    for folder, (logical_id, props) in _functions_by_folder(template).items():
+        policies = props.get("Policies")
+        assert isinstance(policies, list), f"{logical_id}: Policies must be explicit"
+        if folder in NO_DB_FOLDERS:
+            assert policies == [], logical_id
+            continue
+        assert policies[0] == secret_policy, logical_id
+        extra = [next(iter(p)) for p in policies[1:]]
+        assert extra == (["S3ReadPolicy"] if folder == "cost_export" else []), logical_id
+
+
+def test_no_allow_statement_grants_wildcard_actions(template: dict[str, Any]) -> None:
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node.get("Effect") == "Allow":
+                yield node
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value)
+
+    for statement in walk(template["Resources"]):
+        actions = statement.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        assert not any("*" in action for action in actions), statement
+
+
+def test_outputs(template: dict[str, Any]) -> None:
+    assert {"ApiUrl", "CostReportBucketName", "SharedLayerArn", "MigrateFunctionName"} <= set(
+        template["Outputs"]
+    )
+
+
+# ------------------------------------------------------------------ SAM CLI
+@pytest.mark.skipif(not SAM_BIN.exists(), reason=SAM_VENV_MISSING)
+def test_sam_validate_lint_passes() -> None:
+    result = subprocess.run(
+        [str(SAM_BIN), "validate", "--lint", "--template", str(TEMPLATE_PATH)],
+        cwd=REPO_ROOT,
+        env=_sam_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# `sam validate --lint` does not report circular dependencies that only appear
+# after the SAM transform (e.g. a route function's environment referencing
+# HttpApi, or the S3-triggered function's role referencing its bucket), yet
+# CloudFormation rejects them at deploy time. Transform offline and check.
+_TRANSFORM_SCRIPT = r"""
+import json, sys
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+class NoManagedPolicies:
+    def load(self):
+        return {}
+
+template = yaml_parse(open(sys.argv[1], encoding="utf-8").read())
+for resource in template.get("Resources", {}).values():
+    props = resource.get("Properties") or {}
+    for key in ("CodeUri", "ContentUri"):
+        if isinstance(props.get(key), str):
+            props[key] = "s3://placeholder-bucket/code.zip"
+json.dump(transform(template, {}, NoManagedPolicies()), sys.stdout)
+"""
+
+
+def _references(node: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(node, dict):
+        if "Ref" in node and isinstance(node["Ref"], str):
+            found.add(node["Ref"])
+        if "Fn::GetAtt" in node:
+            target = node["Fn::GetAtt"]
+            found.add(target[0] if isinstance(target, list) else target.split(".", 1)[0])
+        if "Fn::Sub" in node:
+            sub = node["Fn::Sub"]
+            text = sub[0] if isinstance(sub, list) else sub
+            local = set(sub[1]) if isinstance(sub, list) and len(sub) > 1 else set()
+            for chunk in text.split("${")[1:]:
+                name = chunk.split("}", 1)[0].split(".", 1)[0]
+                if not name.startswith("!") and name not in local:
+                    found.add(name)
+        for value in node.values():
+            found |= _references(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _references(value)
+    return found
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str) -> list[str] | None:
+        if node in visiting:
+            return [*visiting[visiting.index(node) :], node]
+        if node in done:
+            return None
+        visiting.append(node)
+        for dep in sorted(graph.get(node, ())):
+            cycle = visit(dep)
+            if cycle:
+                return cycle
+        visiting.pop()
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        cycle = visit(start)
+        if cycle:
+            return cycle
+    return None
+
+
+def test_find_cycle_detects_a_cycle() -> None:
+    assert _find_cycle({"A": {"B"}, "B": {"C"}, "C": {"A"}}) == ["A", "B", "C", "A"]
+    assert _find_cycle({"A": {"B"}, "B": set()}) is None
+
+
+@pytest.mark.skipif(not SAM_PYTHON.exists(), reason=SAM_VENV_MISSING)
+def test_transformed_template_has_no_circular_dependencies() -> None:
+    result = subprocess.run(
+        [str(SAM_PYTHON), "-c", _TRANSFORM_SCRIPT, str(TEMPLATE_PATH)],
+        cwd=REPO_ROOT,
+        env=_sam_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    resources: dict[str, Any] = json.loads(result.stdout)["Resources"]
+    graph: dict[str, set[str]] = {}
+    for logical_id, resource in resources.items():
+        depends_on = resource.get("DependsOn", [])
+        depends_on = [depends_on] if isinstance(depends_on, str) else depends_on
+        refs = _references(resource.get("Properties", {})) | set(depends_on)
+        graph[logical_id] = {ref for ref in refs if ref in resources}
+    assert _find_cycle(graph) is None, f"circular dependency: {' -> '.join(_find_cycle(graph) or [])}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
