@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 import psycopg
@@ -14,6 +17,7 @@ from billing.domain.purchase import NewPurchase, Triggers
 from billing.services.ledger import LedgerService
 
 OFFER_ID = "test-offer"
+T = TypeVar("T")
 
 
 def ensure_offer(connection: psycopg.Connection[Any]) -> None:
@@ -72,3 +76,22 @@ def assert_ledger_invariants(connection: psycopg.Connection[Any], purchase_id: U
         assert last == (balance, held), "the newest entry's running totals must match the purchase"
     assert isinstance(balance, int) and isinstance(held, int)
     return balance, held
+
+
+def run_concurrently(
+    database_url: str, workers: int, work: Callable[[psycopg.Connection[Any], int], T]
+) -> list[T]:
+    """Run ``work(connection, index)`` on threads with a connection each, released together."""
+    connections = [psycopg.connect(database_url, autocommit=True) for _ in range(workers)]
+    start = threading.Barrier(workers)
+
+    def run(index: int) -> T:
+        start.wait()
+        return work(connections[index], index)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(run, range(workers)))
+    finally:
+        for connection in connections:
+            connection.close()

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -19,7 +18,12 @@ from billing.domain.errors import (
     StateConflict,
 )
 from billing.services.ledger import apply_in
-from tests.integration.ledger_support import assert_ledger_invariants, ledger_on, new_purchase
+from tests.integration.ledger_support import (
+    assert_ledger_invariants,
+    ledger_on,
+    new_purchase,
+    run_concurrently,
+)
 
 NOW = datetime.now(UTC)
 
@@ -86,27 +90,15 @@ def test_holds_release_once_and_expire_by_sweep(db: psycopg.Connection[Any]) -> 
     assert assert_ledger_invariants(db, purchase_id) == (1_000, 0)
 
 
-def _connections(database_url: str, count: int) -> list[psycopg.Connection[Any]]:
-    return [psycopg.connect(database_url, autocommit=True) for _ in range(count)]
-
-
 def test_fifty_concurrent_debits_lose_no_update(db: psycopg.Connection[Any], database_url: str) -> None:
     purchase_id, _, _ = new_purchase(db)
     ledger_on(db).apply(ledger.credit(purchase_id, 50 * 1_234_567, "opening"))
-    connections = _connections(database_url, 50)
-    start = threading.Barrier(50)
 
-    def debit(index: int) -> int:
-        start.wait()
-        receipt = ledger_on(connections[index]).apply(ledger.debit(purchase_id, 1_234_567, f"debit-{index}"))
+    def debit(connection: psycopg.Connection[Any], index: int) -> int:
+        receipt = ledger_on(connection).apply(ledger.debit(purchase_id, 1_234_567, f"debit-{index}"))
         return receipt.balance_after_nano
 
-    try:
-        with ThreadPoolExecutor(max_workers=50) as pool:
-            balances_after = list(pool.map(debit, range(50)))
-    finally:
-        for connection in connections:
-            connection.close()
+    balances_after = run_concurrently(database_url, 50, debit)
     assert sorted(balances_after) == [step * 1_234_567 for step in range(50)]
     assert assert_ledger_invariants(db, purchase_id) == (0, 0)
     with pytest.raises(InsufficientFunds):
@@ -116,30 +108,19 @@ def test_fifty_concurrent_debits_lose_no_update(db: psycopg.Connection[Any], dat
 def test_concurrent_debits_never_overdraw(db: psycopg.Connection[Any], database_url: str) -> None:
     purchase_id, _, _ = new_purchase(db)
     ledger_on(db).apply(ledger.credit(purchase_id, 25 * 100, "opening"))
-    connections = _connections(database_url, 20)
-    start = threading.Barrier(20)
 
-    def debit(index: int) -> bool:
-        start.wait()
-        service = ledger_on(connections[index])
-        succeeded = 0
+    def debit_three_times(connection: psycopg.Connection[Any], index: int) -> int:
+        service, succeeded = ledger_on(connection), 0
         for attempt in range(3):
             try:
                 service.apply(ledger.debit(purchase_id, 100, f"debit-{index}-{attempt}"))
                 succeeded += 1
             except InsufficientFunds:
                 pass
-        return bool(succeeded)
+        return succeeded
 
-    try:
-        with ThreadPoolExecutor(max_workers=20) as pool:
-            list(pool.map(debit, range(20)))
-    finally:
-        for connection in connections:
-            connection.close()
+    assert sum(run_concurrently(database_url, 20, debit_three_times)) == 25
     assert assert_ledger_invariants(db, purchase_id) == (0, 0)
-    (count,) = db.execute("SELECT count(*) FROM ledger_entries WHERE kind = 'usage'").fetchone() or (0,)
-    assert count == 25
 
 
 def test_same_key_raced_from_many_connections_applies_once(
@@ -147,20 +128,11 @@ def test_same_key_raced_from_many_connections_applies_once(
 ) -> None:
     purchase_id, _, _ = new_purchase(db)
     ledger_on(db).apply(ledger.credit(purchase_id, 10_000, "opening"))
-    connections = _connections(database_url, 12)
-    start = threading.Barrier(12)
 
-    def debit(index: int) -> int:
-        start.wait()
-        return ledger_on(connections[index]).apply(ledger.debit(purchase_id, 700, "the-same-key")).entry_id
+    def debit(connection: psycopg.Connection[Any], _: int) -> int:
+        return ledger_on(connection).apply(ledger.debit(purchase_id, 700, "the-same-key")).entry_id
 
-    try:
-        with ThreadPoolExecutor(max_workers=12) as pool:
-            entry_ids = set(pool.map(debit, range(12)))
-    finally:
-        for connection in connections:
-            connection.close()
-    assert len(entry_ids) == 1
+    assert len(set(run_concurrently(database_url, 12, debit))) == 1
     assert assert_ledger_invariants(db, purchase_id) == (9_300, 0)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +23,12 @@ from hypothesis import strategies as st
 
 from billing.domain import ledger
 from billing.domain.errors import IdempotencyConflict, InsufficientFunds, NotFound, StateConflict
-from tests.integration.ledger_support import assert_ledger_invariants, ledger_on, new_purchase
+from tests.integration.ledger_support import (
+    assert_ledger_invariants,
+    ledger_on,
+    new_purchase,
+    run_concurrently,
+)
 
 WORKERS = 4
 KEYS = [f"key-{index}" for index in range(10)]
@@ -72,12 +76,9 @@ def test_concurrent_random_operations_keep_the_books_exact(
         ledger_on(db).apply(ledger.credit(purchase_id, opening, "opening"))
     receipts: dict[str, set[int]] = defaultdict(set)
     lock = threading.Lock()
-    start = threading.Barrier(WORKERS)
-    connections = [psycopg.connect(database_url, autocommit=True) for _ in range(WORKERS)]
 
-    def run(worker: int) -> None:
-        service = ledger_on(connections[worker])
-        start.wait()
+    def run(connection: psycopg.Connection[Any], worker: int) -> None:
+        service = ledger_on(connection)
         for spec in plans[worker]:
             try:
                 receipt = service.apply(_build(purchase_id, spec))
@@ -86,13 +87,7 @@ def test_concurrent_random_operations_keep_the_books_exact(
             with lock:
                 receipts[spec[2]].add(receipt.entry_id)
 
-    try:
-        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-            list(pool.map(run, range(WORKERS)))
-    finally:
-        for connection in connections:
-            connection.close()
-
+    run_concurrently(database_url, WORKERS, run)
     assert_ledger_invariants(db, purchase_id)
     recorded = dict(
         db.execute(

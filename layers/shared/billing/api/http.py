@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing.api.observability import logger, metrics, tracer
@@ -60,6 +61,8 @@ def http_handler(app: APIGatewayHttpResolver) -> LambdaHandler:
             response = _too_large(limit)
         else:
             response = app.resolve(event, context)
+        status_class = int(response.get("statusCode", 500)) // 100
+        metrics.add_metric(name=f"Responses{status_class}xx", unit=MetricUnit.Count, value=1)
         request_id = (event.get("requestContext") or {}).get("requestId")
         if request_id:
             response.setdefault("headers", {})["X-Request-Id"] = request_id
