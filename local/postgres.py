@@ -59,43 +59,27 @@ def throwaway_cluster() -> Iterator[str]:
     """A fresh cluster on a free port; yields its admin URL; removed afterwards."""
     workdir = Path(tempfile.mkdtemp(prefix="billing-pg-"))
     data_dir, socket_dir = workdir / "data", workdir / "sock"
-    socket_dir.mkdir()
     prefix = _as_postgres_user()
-    if prefix:
-        account = pwd.getpwnam("postgres")
-        for path in (workdir, socket_dir):
-            os.chown(path, account.pw_uid, account.pw_gid)
-    port = _free_port()
-    subprocess.run(
-        [*prefix, _tool("initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(
-        [
-            *prefix,
-            _tool("pg_ctl"),
-            "-D",
-            str(data_dir),
-            "-o",
-            options,
-            "-l",
-            str(workdir / "log"),
-            "-w",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    pg_ctl = _tool("pg_ctl")
     try:
+        socket_dir.mkdir()
+        if prefix:
+            account = pwd.getpwnam("postgres")
+            for path in (workdir, socket_dir):
+                os.chown(path, account.pw_uid, account.pw_gid)
+        port = _free_port()
+        initdb = [_tool("initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        subprocess.run([*prefix, *initdb], check=True, capture_output=True)
+        options = (
+            f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        )
+        start = [pg_ctl, "-D", str(data_dir), "-o", options, "-l", str(workdir / "log"), "-w", "start"]
+        subprocess.run([*prefix, *start], check=True, capture_output=True)
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(
-            [*prefix, _tool("pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "stop"],
-            check=False,
-            capture_output=True,
-        )
+        if (data_dir / "postmaster.pid").exists():
+            stop = [pg_ctl, "-D", str(data_dir), "-m", "fast", "-w", "stop"]
+            subprocess.run([*prefix, *stop], check=False, capture_output=True)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

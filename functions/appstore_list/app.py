@@ -6,7 +6,11 @@ from billing.api.openapi import problem_responses
 app = build_app()
 
 
-@app.get("/appstore/list/<list_id>", responses=problem_responses(404, 501))
+@app.get(
+    "/appstore/list/<list_id>",
+    responses=problem_responses(404, 501),
+    operation_id="getAppstoreList",
+)
 def get_appstore_list(list_id: str) -> None:
     not_built("app store lists")
 

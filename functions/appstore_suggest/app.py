@@ -6,7 +6,11 @@ from billing.api.openapi import problem_responses
 app = build_app()
 
 
-@app.get("/appstore/suggest", responses=problem_responses(422, 501))
+@app.get(
+    "/appstore/suggest",
+    responses=problem_responses(422, 501),
+    operation_id="suggestLists",
+)
 def suggest_lists() -> None:
     not_built("app store suggestions")
 

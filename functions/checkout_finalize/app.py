@@ -6,7 +6,11 @@ from billing.api.openapi import problem_responses
 app = build_app()
 
 
-@app.post("/offer/<offer_id>/checkout/finalize", responses=problem_responses(402, 404, 409, 422, 501, 503))
+@app.post(
+    "/offer/<offer_id>/checkout/finalize",
+    responses=problem_responses(402, 404, 409, 422, 501, 503),
+    operation_id="finalizeCheckout",
+)
 def finalize_checkout(offer_id: str) -> None:
     not_built("checkout finalization")
 

@@ -6,7 +6,11 @@ from billing.api.openapi import problem_responses
 app = build_app()
 
 
-@app.post("/offer/<offer_id>/checkout/wallet/create", responses=problem_responses(404, 422, 501, 503))
+@app.post(
+    "/offer/<offer_id>/checkout/wallet/create",
+    responses=problem_responses(404, 422, 501, 503),
+    operation_id="createCheckoutWallet",
+)
 def create_checkout_wallet(offer_id: str) -> None:
     not_built("checkout wallets")
 

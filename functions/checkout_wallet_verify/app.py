@@ -9,7 +9,11 @@ from billing.api.openapi import problem_responses
 app = build_app()
 
 
-@app.post("/offer/<offer_id>/checkout/wallet/<wallet_id>/verify", responses=problem_responses(404, 501, 503))
+@app.post(
+    "/offer/<offer_id>/checkout/wallet/<wallet_id>/verify",
+    responses=problem_responses(404, 501, 503),
+    operation_id="verifyCheckoutWallet",
+)
 def verify_checkout_wallet(offer_id: str, wallet_id: str) -> None:
     not_built("payment verification")
 

@@ -9,7 +9,11 @@ from billing.services.health import check_health
 app = build_app()
 
 
-@app.get("/health", responses=problem_responses(503))
+@app.get(
+    "/health",
+    responses=problem_responses(503),
+    operation_id="getHealth",
+)
 def get_health() -> HealthResponse:
     return HealthResponse.model_validate(check_health(database_answers))
 

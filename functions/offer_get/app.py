@@ -6,7 +6,11 @@ from billing.api.openapi import problem_responses
 app = build_app()
 
 
-@app.get("/offer/<offer_id>", responses=problem_responses(404, 501))
+@app.get(
+    "/offer/<offer_id>",
+    responses=problem_responses(404, 501),
+    operation_id="getOffer",
+)
 def get_offer(offer_id: str) -> None:
     not_built("offers")
 

@@ -21,18 +21,27 @@ _DESCRIPTIONS = {
     409: "Conflict (idempotency key reused, or wrong state)",
     413: "Body too large",
     422: "Validation failed",
+    500: "Unexpected error (quote X-Request-Id)",
     501: "Not built yet on this server",
     503: "A dependency is unavailable; nothing was written",
 }
 
 
+#: Every route can answer these (validation runs on every route; bugs happen).
+_ALWAYS = (422, 500)
+
+#: For routes that need a customer or vendor key.
+BEARER_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+
+
 def problem_responses(*statuses: int) -> dict[int, OpenAPIResponse]:
+    """Problem+json responses for a route declaration (422 and 500 always included)."""
     return {
         status: {
             "description": _DESCRIPTIONS[status],
             "content": {PROBLEM_CONTENT_TYPE: {"model": Problem}},
         }
-        for status in statuses
+        for status in sorted(set(statuses) | set(_ALWAYS))
     }
 
 
