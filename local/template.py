@@ -1,9 +1,10 @@
 """Read ``template.yaml`` into the little the local tools need: functions, routes, env.
 
 CloudFormation short tags (``!Ref``, ``!Sub``, ``!If`` …) are not YAML that
-``yaml.safe_load`` understands, so a SafeLoader subclass turns each into an
-:class:`Intrinsic`. Environment values that are intrinsics are only known once
-deployed, so they are dropped; the local runner supplies its own.
+``yaml.safe_load`` understands, so a SafeLoader subclass turns each into its
+long form (``{"Ref": …}``, ``{"Fn::Sub": …}``). Environment values that are
+intrinsics are only known once deployed, so they are dropped; the local runner
+supplies its own.
 """
 
 from __future__ import annotations
@@ -25,19 +26,15 @@ class TemplateError(ValueError):
     """The template uses something the local tools cannot represent."""
 
 
-@dataclass(frozen=True)
-class Intrinsic:
-    """A CloudFormation short-form intrinsic, e.g. ``!Ref X`` → ``Intrinsic("Ref", "X")``."""
-
-    name: str
-    value: Any
-
-
 class CloudFormationLoader(yaml.SafeLoader):
-    """SafeLoader that accepts every ``!Tag`` as an :class:`Intrinsic`."""
+    """SafeLoader that turns CloudFormation short tags into their long (JSON) form.
+
+    ``!Ref X`` → ``{"Ref": "X"}``, ``!GetAtt A.B`` → ``{"Fn::GetAtt": ["A", "B"]}``,
+    any other ``!Name v`` → ``{"Fn::Name": v}``.
+    """
 
 
-def _construct_intrinsic(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> Intrinsic:
+def _construct_intrinsic(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
     value: Any
     if isinstance(node, yaml.ScalarNode):
         value = loader.construct_scalar(node)
@@ -46,10 +43,22 @@ def _construct_intrinsic(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.No
     else:
         assert isinstance(node, yaml.MappingNode)
         value = loader.construct_mapping(node, deep=True)
-    return Intrinsic(tag_suffix, value)
+    if tag_suffix == "Ref":
+        return {"Ref": value}
+    if tag_suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{tag_suffix}": value}
 
 
 CloudFormationLoader.add_multi_constructor("!", _construct_intrinsic)
+
+
+def load_cfn_yaml(text: str) -> dict[str, Any]:
+    """A template's text as the JSON-form document CloudFormation itself sees."""
+    document = yaml.load(text, Loader=CloudFormationLoader)  # noqa: S506 (SafeLoader subclass)
+    if not isinstance(document, dict):
+        raise TemplateError("a CloudFormation template is a mapping")
+    return document
 
 
 @dataclass(frozen=True)
@@ -153,7 +162,7 @@ def _function(
 
 def load_template(path: Path = DEFAULT_TEMPLATE_PATH) -> Template:
     path = path.resolve()
-    document = yaml.load(path.read_text(), Loader=CloudFormationLoader)  # noqa: S506 (SafeLoader subclass)
+    document = load_cfn_yaml(path.read_text())
     globals_ = (document.get("Globals") or {}).get("Function") or {}
     functions = tuple(
         _function(path.parent, logical_id, resource.get("Properties") or {}, globals_)

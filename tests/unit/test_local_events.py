@@ -20,7 +20,7 @@ from local.events import (
     match_route,
 )
 from local.openapi_export import OpenApiMergeError, merge_documents
-from local.template import CloudFormationLoader, Intrinsic, Route, TemplateError, http_routes, load_template
+from local.template import CloudFormationLoader, Route, TemplateError, http_routes, load_template
 
 ROUTES = [
     Route("GET", "/items/{item_id}", "Item"),
@@ -245,17 +245,17 @@ Resources:
     assert function.routes == (Route("GET", "/things/{thing_id}", "ThingFunction"),)
 
 
-def test_short_tags_become_intrinsics() -> None:
+def test_short_tags_become_long_form_intrinsics() -> None:
     document = yaml.load(
         "a: !Ref X\nb: !If [C, x, !Ref Y]\nc: !GetAtt R.Arn\nd: !Sub {x: 1}\n",
         Loader=CloudFormationLoader,
     )
 
     assert document == {
-        "a": Intrinsic("Ref", "X"),
-        "b": Intrinsic("If", ["C", "x", Intrinsic("Ref", "Y")]),
-        "c": Intrinsic("GetAtt", "R.Arn"),
-        "d": Intrinsic("Sub", {"x": 1}),
+        "a": {"Ref": "X"},
+        "b": {"Fn::If": ["C", "x", {"Ref": "Y"}]},
+        "c": {"Fn::GetAtt": ["R", "Arn"]},
+        "d": {"Fn::Sub": {"x": 1}},
     }
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from local.template import load_cfn_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
@@ -58,39 +59,6 @@ SAM_ENV_OVERRIDES = {
     "AWS_SESSION_TOKEN": "testing",
     "SAM_CLI_TELEMETRY": "0",
 }
-
-
-# --------------------------------------------------------------- YAML loading
-class CloudFormationLoader(yaml.SafeLoader):
-    """SafeLoader that turns CloudFormation short tags into their long form.
-
-    `!Ref X` -> {"Ref": "X"}, `!GetAtt A.B` -> {"Fn::GetAtt": ["A", "B"]},
-    `!Sub ...` -> {"Fn::Sub": ...}, and any other `!Name` -> {"Fn::Name": ...}.
-    """
-
-
-def _construct_cfn_tag(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
-    value: Any
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    if tag_suffix == "Ref":
-        return {"Ref": value}
-    if tag_suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    return {f"Fn::{tag_suffix}": value}
-
-
-CloudFormationLoader.add_multi_constructor("!", _construct_cfn_tag)
-
-
-def load_cfn_yaml(text: str) -> dict[str, Any]:
-    document = yaml.load(text, Loader=CloudFormationLoader)
-    assert isinstance(document, dict), "a CloudFormation template is a mapping"
-    return document
 
 
 # -------------------------------------------------------------------- helpers
