@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing.adapters.postgres.connection import shared_connection
@@ -26,5 +27,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, i
         maintenance=lambda: PostgresMaintenance(shared_connection()),
         now=datetime.now(UTC),
     )
+    for name, count in outcome.items():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
     logger.info("sweep finished", extra={"job": sweep.job.value, **outcome})
     return outcome
