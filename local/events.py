@@ -206,7 +206,8 @@ def http_response(result: Any) -> HttpResponse:
 # ------------------------------------------------------------------ fixtures
 
 DEMO_PURCHASE_ID = "00000000-0000-4000-8000-000000000001"
-DEMO_OFFER_ID = "demo-gemini"
+DEMO_OFFER_ID = "gemini-api-key"
+DEMO_LIST_ID = "developer-cloud"
 DEMO_WALLET_ID = "6f1d2c3b-0000-4000-8000-0000000000aa"
 _FIXTURE_TIME = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
 _FIXTURE_API_ID = "a1b2c3d4e5"
@@ -239,8 +240,11 @@ HTTP_FIXTURES = (
         query="country=DE&language=de&profession=developer&preferences=ai&preferences=privacy",
         extra_headers=(("CloudFront-Viewer-Country", "DE"), ("Accept-Language", "de-DE,de;q=0.9,en;q=0.8")),
     ),
-    HttpFixture("appstore_list_get", "GET", "/appstore/list/ai-developer-tools"),
+    HttpFixture("appstore_suggest_no_context", "GET", "/appstore/suggest"),
+    HttpFixture("appstore_list_get", "GET", f"/appstore/list/{DEMO_LIST_ID}"),
+    HttpFixture("appstore_list_unknown", "GET", "/appstore/list/no-such-list"),
     HttpFixture("offer_get_demo", "GET", f"/offer/{DEMO_OFFER_ID}"),
+    HttpFixture("offer_get_unknown", "GET", "/offer/no-such-offer"),
     HttpFixture(
         "checkout_wallet_create_base_usdc",
         "POST",

@@ -1,4 +1,4 @@
-"""Demo data for the local runner: one offer and one funded purchase with fresh keys.
+"""Demo data for the local runner: the catalog file and one funded purchase with fresh keys.
 
 Idempotent. Keys are stored only as hashes, so re-seeding an existing demo
 purchase rotates both keys: that is the only way to print keys that work.
@@ -14,13 +14,15 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg.types.json import Jsonb
+import yaml
 
 from billing.adapters.postgres.purchase_store import PostgresPurchaseStore
 from billing.adapters.postgres.transactions import PostgresTransactions
 from billing.domain.api_keys import KeyRole, generate_api_key, hash_api_key
+from billing.domain.catalog import Catalog
 from billing.domain.ledger import credit
 from billing.domain.purchase import NewPurchase, Triggers
+from billing.services.catalog import CatalogImporter
 from billing.services.ledger import LedgerService
 from local.events import DEMO_OFFER_ID, DEMO_PURCHASE_ID
 from local.template import REPO_ROOT
@@ -31,6 +33,7 @@ OPENING_CREDIT_NANO = 25 * NANO_PER_USD
 DEMO_TRIGGERS = Triggers(
     low_nano=10 * NANO_PER_USD, critical_nano=5 * NANO_PER_USD, termination_nano=NANO_PER_USD
 )
+DEFAULT_CATALOG_PATH = REPO_ROOT / "catalog" / "catalog.yaml"
 
 
 @dataclass(frozen=True)
@@ -41,14 +44,11 @@ class DemoSeed:
     vendor_key: str
 
 
-def _upsert_offer(connection: psycopg.Connection[Any]) -> None:
-    connection.execute(
-        """INSERT INTO offers (id, sku, kind, title, description, min_deposit_nano, payment_options,
-                               default_triggers, active)
-           VALUES (%s, 'DEMO-GEMINI', 'gemini_api_key', 'Gemini API key (demo)',
-                   'Local demo offer seeded by python -m local.runner', %s, %s, %s, true)
-           ON CONFLICT (id) DO NOTHING""",
-        (DEMO_OFFER_ID, 5 * NANO_PER_USD, Jsonb([]), Jsonb({})),
+def import_default_catalog(connection: psycopg.Connection[Any]) -> None:
+    """The vendor's catalog file (``catalog/catalog.yaml``), as ``vendorctl catalog import`` would."""
+    catalog = Catalog.model_validate(yaml.safe_load(DEFAULT_CATALOG_PATH.read_text()))
+    CatalogImporter(PostgresTransactions(lambda: connection)).import_catalog(
+        catalog, prune=False, dry_run=False
     )
 
 
@@ -57,8 +57,8 @@ def seed_demo(connection: psycopg.Connection[Any]) -> DemoSeed:
     purchase_id = UUID(DEMO_PURCHASE_ID)
     customer_key, vendor_key = generate_api_key(KeyRole.CUSTOMER), generate_api_key(KeyRole.VENDOR)
     customer_hash, vendor_hash = hash_api_key(customer_key), hash_api_key(vendor_key)
+    import_default_catalog(connection)
     with connection.transaction():
-        _upsert_offer(connection)
         rotated = connection.execute(
             """UPDATE purchases SET customer_key_hash = %s, vendor_key_hash = %s, updated_at = now()
                 WHERE id = %s""",

@@ -24,7 +24,11 @@ os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "vendor-billing")
 
-_TABLES = "ledger_entries, holds, deposits, outbox, usage_events, purchases, checkout_wallets, offers"
+#: Every table with data, emptied between tests.
+DATA_TABLES = (
+    "ledger_entries, holds, deposits, outbox, usage_events, purchases, checkout_wallets, offers, "
+    "appstore_lists"
+)
 
 
 def load_event(name: str) -> dict[str, Any]:
@@ -45,7 +49,7 @@ def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the migrated test database, emptied after each test."""
     with psycopg.connect(database_url, autocommit=True) as connection:
         yield connection
-        connection.execute(f"TRUNCATE {_TABLES} RESTART IDENTITY CASCADE")
+        connection.execute(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ app = build_app()
 
 @app.post(
     "/offer/<offer_id>/checkout/finalize",
-    responses=problem_responses(402, 404, 409, 422, 501, 503),
+    responses=problem_responses(402, 404, 409, 422, 501, 503, success=None),
     operation_id="finalizeCheckout",
 )
 def finalize_checkout(offer_id: str) -> None:

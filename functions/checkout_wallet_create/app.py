@@ -8,7 +8,7 @@ app = build_app()
 
 @app.post(
     "/offer/<offer_id>/checkout/wallet/create",
-    responses=problem_responses(404, 422, 501, 503),
+    responses=problem_responses(404, 422, 501, 503, success=None),
     operation_id="createCheckoutWallet",
 )
 def create_checkout_wallet(offer_id: str) -> None:

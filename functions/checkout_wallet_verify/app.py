@@ -11,7 +11,7 @@ app = build_app()
 
 @app.post(
     "/offer/<offer_id>/checkout/wallet/<wallet_id>/verify",
-    responses=problem_responses(404, 501, 503),
+    responses=problem_responses(404, 501, 503, success=None),
     operation_id="verifyCheckoutWallet",
 )
 def verify_checkout_wallet(offer_id: str, wallet_id: str) -> None:

@@ -8,7 +8,7 @@ app = build_app()
 
 @app.post(
     "/purchase/<purchase_id>/historical-billing",
-    responses=problem_responses(401, 422, 501, 503),
+    responses=problem_responses(401, 422, 501, 503, success=None),
     operation_id="getHistoricalBilling",
     security=BEARER_SECURITY,
 )

@@ -8,7 +8,7 @@ app = build_app()
 
 @app.post(
     "/purchase/<purchase_id>/meter-usage",
-    responses=problem_responses(401, 402, 409, 422, 501, 503),
+    responses=problem_responses(401, 402, 409, 422, 501, 503, success=None),
     operation_id="meterUsage",
     security=BEARER_SECURITY,
 )

@@ -8,7 +8,7 @@ app = build_app()
 
 @app.post(
     "/purchase/<purchase_id>/verify-topup",
-    responses=problem_responses(401, 501, 503),
+    responses=problem_responses(401, 501, 503, success=None),
     operation_id="verifyTopup",
     security=BEARER_SECURITY,
 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import os
 import re
@@ -12,8 +11,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,19 +18,16 @@ import psycopg
 import pytest
 
 from billing.api.openapi import OPENAPI_DOCUMENT_PATH
-from local.events import HTTP_FIXTURES, HttpFixture
+from local.events import DEMO_OFFER_ID, HTTP_FIXTURES, HttpFixture
 from local.postgres import throwaway_cluster
-from local.runner import MAX_API_PAYLOAD_BYTES, LocalServer
-from local.seed import DemoSeed, seed_demo
-from local.template import DEFAULT_TEMPLATE_PATH, Route, http_routes, load_template
+from local.runner import MAX_API_PAYLOAD_BYTES
+from local.template import Route, http_routes, load_template
 from tests.conftest import REPO_ROOT
+from tests.e2e.conftest import Answer, Local
 
 ROUTES = http_routes(load_template())
 #: Routes whose issue has not landed: they must answer a proper 501. Remove a folder when it does.
 NOT_BUILT_YET = {
-    "appstore_suggest",
-    "appstore_list",
-    "offer_get",
     "checkout_wallet_create",
     "checkout_wallet_verify",
     "checkout_finalize",
@@ -42,54 +36,6 @@ NOT_BUILT_YET = {
     "verify_topup",
     "historical_billing",
 }
-_TABLES = "ledger_entries, holds, deposits, outbox, usage_events, purchases, checkout_wallets, offers"
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Local:
-    server: LocalServer
-    seed: DemoSeed
-    log: io.StringIO
-
-    def request(self, method: str, path: str, *, key: str | None = None, body: bytes | None = None) -> Answer:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(
-            self.server.base_url + path, data=body, headers=headers, method=method
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return Answer(response.status, dict(response.headers.items()), response.read())
-        except urllib.error.HTTPError as error:
-            return Answer(error.code, dict(error.headers.items()), error.read())
-
-    def real_key(self, placeholder: str | None) -> str | None:
-        return {"ck_demo": self.seed.customer_key, "vk_demo": self.seed.vendor_key}.get(
-            placeholder or "", placeholder
-        )
-
-
-@pytest.fixture(scope="module")
-def local(database_url: str) -> Iterator[Local]:
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        seed = seed_demo(connection)
-        log = io.StringIO()
-        try:
-            with LocalServer(DEFAULT_TEMPLATE_PATH, database_url, log=log) as server:
-                yield Local(server, seed, log)
-        finally:
-            connection.execute(f"TRUNCATE {_TABLES} RESTART IDENTITY CASCADE")
 
 
 def _assert_problem(answer: Answer, status: int) -> dict[str, Any]:
@@ -145,7 +91,7 @@ def test_seeded_purchase_is_readable_with_its_customer_key(local: Local) -> None
     assert answer.status == 200, answer
     purchase = answer.json()
     assert purchase["purchase_id"] == local.seed.purchase_id
-    assert purchase["offer_id"] == "demo-gemini"
+    assert purchase["offer_id"] == DEMO_OFFER_ID
     assert purchase["status"] == "active"
     assert purchase["balance"] == "25.000000000"
 

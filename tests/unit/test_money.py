@@ -9,9 +9,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing.api.http import build_app
-from billing.api.models import PositiveUsdAmount, SignedUsdAmount, StrictModel, UsdAmount
+from billing.api.models import StrictModel
 from billing.domain.errors import InvalidAmount
-from billing.domain.money import MAX_AMOUNT_NANO, format_usd, parse_usd, round_usd_to_nano
+from billing.domain.money import (
+    MAX_AMOUNT_NANO,
+    PositiveUsdAmount,
+    SignedUsdAmount,
+    UsdAmount,
+    format_usd,
+    parse_usd,
+    round_usd_to_nano,
+)
 
 
 @pytest.mark.parametrize(

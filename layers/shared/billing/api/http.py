@@ -84,6 +84,14 @@ def bearer_key(app: APIGatewayHttpResolver) -> str:
     return key.strip()
 
 
+def public_base_url(app: APIGatewayHttpResolver) -> str:
+    """Links point at ``PUBLIC_BASE_URL`` (custom domain) or at the host the request came to."""
+    configured = get_api_settings().public_base_url
+    if configured:
+        return configured.rstrip("/")
+    return f"https://{app.current_event.request_context.domain_name}"
+
+
 def not_built(feature: str) -> None:
     """Answer 501 for a route of the contract whose issue has not landed yet."""
     raise NotImplementedYet(f"{feature} is not available yet on this server")

@@ -34,15 +34,20 @@ _ALWAYS = (422, 500)
 BEARER_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 
-def problem_responses(*statuses: int) -> dict[int, OpenAPIResponse]:
-    """Problem+json responses for a route declaration (422 and 500 always included)."""
-    return {
+def problem_responses(*statuses: int, success: int | None = 200) -> dict[int, OpenAPIResponse]:
+    """A route's documented responses: ``success`` (its schema comes from the return type)
+    plus problem+json for ``statuses`` and for 422 and 500, which every route can answer.
+    """
+    responses: dict[int, OpenAPIResponse] = {
         status: {
             "description": _DESCRIPTIONS[status],
             "content": {PROBLEM_CONTENT_TYPE: {"model": Problem}},
         }
         for status in sorted(set(statuses) | set(_ALWAYS))
     }
+    if success is not None:
+        responses[success] = {"description": "Success"}
+    return responses
 
 
 def load_openapi_document() -> dict[str, Any]:

@@ -6,7 +6,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from billing.api.models import ResponseModel, SignedUsdAmount, UsdAmount
+from billing.api.models import ResponseModel
+from billing.domain.money import SignedUsdAmount, UsdAmount
 from billing.domain.purchase import PurchaseStatus, PurchaseView
 
 

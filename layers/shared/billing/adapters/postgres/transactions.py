@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import psycopg
 from aws_lambda_powertools import Logger
 
+from billing.adapters.postgres.catalog_store import PostgresCatalogStore
 from billing.adapters.postgres.connection import forget_connection, shared_connection
 from billing.adapters.postgres.ledger_store import DuplicateIdempotencyKey, PostgresLedgerStore
 from billing.adapters.postgres.purchase_store import PostgresPurchaseStore
@@ -30,6 +31,7 @@ class PostgresUnitOfWork:
         self.connection = connection
         self.ledger = PostgresLedgerStore(connection)
         self.purchases = PostgresPurchaseStore(connection)
+        self.catalog = PostgresCatalogStore(connection)
 
 
 class PostgresTransactions:

@@ -1,0 +1,5 @@
+import sys
+
+from vendorctl.cli import main
+
+sys.exit(main())
