@@ -7,7 +7,7 @@ SAM_ENV := AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACC
 export PYTHONPATH := layers/shared:.
 FUNCTION_APPS := $(wildcard functions/*/app.py)
 
-.PHONY: setup dev invoke migrate lint format typecheck validate openapi openapi-check pytest test check bench clean
+.PHONY: setup dev invoke migrate vendorctl lint format typecheck validate openapi openapi-check pytest test check bench clean
 
 $(VENV)/.installed: requirements-dev.txt layers/shared/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ invoke: $(VENV)/.installed
 ## Apply migrations to DATABASE_URL.
 migrate: $(VENV)/.installed
 	$(PY) -m billing.adapters.postgres.migrate
+
+## Operator CLI: make vendorctl ARGS="catalog validate catalog/catalog.yaml"
+vendorctl: $(VENV)/.installed
+	$(PY) -m vendorctl $(ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
