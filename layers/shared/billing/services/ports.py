@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 from uuid import UUID
 
 from billing.domain.catalog import AppstoreList, Catalog, Offer
+from billing.domain.deposits import ObservedTransfer
 from billing.domain.ledger import Funds, LedgerOperation, LedgerReceipt
 from billing.domain.purchase import NewPurchase, PurchaseCredentials, PurchaseView
 
@@ -38,6 +39,24 @@ class CatalogStore(Protocol):
     def upsert_list(self, appstore_list: AppstoreList, position: int) -> None: ...
     def deactivate_offers_except(self, offer_ids: list[str]) -> list[str]: ...
     def delete_lists_except(self, list_ids: list[str]) -> list[str]: ...
+
+
+class ChainReader(Protocol):
+    """Read access to one EVM chain (an RPC endpoint, with fallbacks, behind it)."""
+
+    @property
+    def chain_id(self) -> int: ...
+    def head(self) -> int: ...
+    def transfers_to(
+        self, token_address: str, recipients: Sequence[str], from_block: int, to_block: int
+    ) -> list[ObservedTransfer]: ...
+    def token_balance(self, token_address: str, holder: str) -> int: ...
+
+
+class DepositAddresses(Protocol):
+    """Deposit addresses derived from the account xpub: public derivation only, no private key."""
+
+    def address_at(self, index: int) -> str: ...
 
 
 class UnitOfWork(Protocol):
