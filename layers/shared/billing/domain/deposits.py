@@ -27,20 +27,24 @@ class ObservedTransfer:
     amount_units: int  # token base units
 
 
+def _ten_to(exponent: int) -> int:
+    return int(10**exponent)
+
+
 def units_to_nano(amount_units: int, decimals: int) -> int:
     """Token base units → nano-USD at stablecoin par; below-nano dust of 18-decimal tokens is truncated."""
     if amount_units < 0 or decimals < 0:
         raise ValueError("token amounts and decimals are never negative")
     if decimals <= NANO_DECIMALS:
-        return amount_units * 10 ** (NANO_DECIMALS - decimals)
-    return amount_units // 10 ** (decimals - NANO_DECIMALS)
+        return amount_units * _ten_to(NANO_DECIMALS - decimals)
+    return amount_units // _ten_to(decimals - NANO_DECIMALS)
 
 
 def nano_to_units(amount_nano: int, decimals: int) -> int:
     """nano-USD → token base units, rounding up so that paying it always covers the amount."""
     if decimals >= NANO_DECIMALS:
-        return amount_nano * 10 ** (decimals - NANO_DECIMALS)
-    step = 10 ** (NANO_DECIMALS - decimals)
+        return amount_nano * _ten_to(decimals - NANO_DECIMALS)
+    step = _ten_to(NANO_DECIMALS - decimals)
     return -(-amount_nano // step)
 
 
