@@ -64,3 +64,29 @@ def get_database_settings() -> DatabaseSettings:
 @lru_cache(maxsize=1)
 def get_api_settings() -> ApiSettings:
     return api_settings_from(dict(os.environ))
+
+
+class CheckoutSettings(BaseModel):
+    """What the checkout functions need; the API side holds only the account xpub, never a private key."""
+
+    # A mistakenly pasted xprv must never reach a log through a validation error.
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
+
+    deposit_xpub: str | None = None
+    kms_key_id: str | None = None
+    wallet_ttl_hours: int = Field(default=24, ge=1, le=24 * 30)
+    allow_dev_chains: bool = False
+
+
+def checkout_settings_from(environ: dict[str, str]) -> CheckoutSettings:
+    return CheckoutSettings(
+        deposit_xpub=environ.get("DEPOSIT_XPUB") or None,
+        kms_key_id=environ.get("KMS_KEY_ID") or None,
+        wallet_ttl_hours=int(environ.get("WALLET_TTL_HOURS", "24")),
+        allow_dev_chains=environ.get("ALLOW_DEV_CHAINS", "").lower() == "true",
+    )
+
+
+@lru_cache(maxsize=1)
+def get_checkout_settings() -> CheckoutSettings:
+    return checkout_settings_from(dict(os.environ))

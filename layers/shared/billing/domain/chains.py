@@ -7,10 +7,12 @@ from the token symbol or from the chain itself (DESIGN §2).
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from billing.domain.errors import InvalidRequest
 
@@ -33,12 +35,22 @@ class Chain(BaseModel):
     testnet: bool
     confirmations: int = Field(ge=1, le=1_000)
     tokens: dict[str, TokenContract]
+    #: An in-process or local development chain: refused unless the operator allows dev chains.
+    dev: bool = False
 
 
 class ChainRegistry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     chains: list[Chain]
+
+    @model_validator(mode="after")
+    def _unique(self) -> ChainRegistry:
+        slugs = [chain.slug for chain in self.chains]
+        ids = [chain.chain_id for chain in self.chains]
+        if len(set(slugs)) != len(slugs) or len(set(ids)) != len(ids):
+            raise ValueError("chain slugs and chain ids must be unique")
+        return self
 
     def chain(self, slug: str) -> Chain:
         for chain in self.chains:
@@ -58,7 +70,13 @@ class ChainRegistry(BaseModel):
 
 @cache
 def chain_registry() -> ChainRegistry:
-    text = (resources.files("billing") / "data" / "chains.json").read_text()
-    document = json.loads(text)
-    document.pop("_comment", None)
-    return ChainRegistry.model_validate(document)
+    """The pinned registry, plus dev chains from ``EXTRA_CHAINS_FILE`` (local runner and tests only)."""
+    document = json.loads((resources.files("billing") / "data" / "chains.json").read_text())
+    chains = list(document["chains"])
+    extra_file = os.environ.get("EXTRA_CHAINS_FILE")
+    if extra_file:
+        extra = json.loads(Path(extra_file).read_text())["chains"]
+        if not all(chain.get("dev") is True for chain in extra):
+            raise ValueError(f'{extra_file}: only chains marked "dev": true may be added at run time')
+        chains.extend(extra)
+    return ChainRegistry.model_validate({"chains": chains})

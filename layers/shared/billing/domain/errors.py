@@ -71,3 +71,10 @@ class DependencyUnavailable(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class CiphertextMismatch(ValueError):
+    """A stored ciphertext does not decrypt under its key and context: it was moved or damaged.
+
+    No client can cause this, so it is a 500, and retrying will not help.
+    """

@@ -44,6 +44,7 @@ class NewPurchase:
     customer_org_id: str | None = None
     customer_user_id: str | None = None
     customer_org_endpoint: str | None = None
+    customer_org_api_key_ciphertext: bytes | None = None
     resource: dict[str, Any] = field(default_factory=dict)
 
 

@@ -20,8 +20,9 @@ class PostgresPurchaseStore:
         self._connection.execute(
             """INSERT INTO purchases (id, offer_id, wallet_id, officex_purchase_id, customer_org_id,
                    customer_user_id, customer_org_endpoint, low_trigger_nano, critical_trigger_nano,
-                   termination_trigger_nano, customer_key_hash, vendor_key_hash, resource)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                   termination_trigger_nano, customer_key_hash, vendor_key_hash, resource,
+                   customer_org_api_key_ciphertext)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
             (
                 purchase.id,
                 purchase.offer_id,
@@ -36,6 +37,7 @@ class PostgresPurchaseStore:
                 purchase.customer_key_hash,
                 purchase.vendor_key_hash,
                 Jsonb(purchase.resource),
+                purchase.customer_org_api_key_ciphertext,
             ),
         )
 

@@ -9,6 +9,7 @@ import psycopg
 from aws_lambda_powertools import Logger
 
 from billing.adapters.postgres.catalog_store import PostgresCatalogStore
+from billing.adapters.postgres.checkout_store import PostgresCheckoutStore
 from billing.adapters.postgres.connection import forget_connection, shared_connection
 from billing.adapters.postgres.ledger_store import DuplicateIdempotencyKey, PostgresLedgerStore
 from billing.adapters.postgres.purchase_store import PostgresPurchaseStore
@@ -32,6 +33,7 @@ class PostgresUnitOfWork:
         self.ledger = PostgresLedgerStore(connection)
         self.purchases = PostgresPurchaseStore(connection)
         self.catalog = PostgresCatalogStore(connection)
+        self.checkout = PostgresCheckoutStore(connection)
 
 
 class PostgresTransactions:

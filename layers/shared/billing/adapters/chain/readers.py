@@ -1,0 +1,49 @@
+"""Which RPC endpoints serve which chain: ``RPC_URLS_<SLUG>`` settings, or an in-process chain.
+
+web3 is imported only when a reader is first needed, so routes without chain
+access never pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from billing.domain.chains import Chain
+from billing.domain.errors import DependencyUnavailable
+from billing.services.ports import ChainReader
+
+_IN_PROCESS: dict[int, ChainReader] = {}
+
+
+def use_in_process_chain(chain_id: int, reader: ChainReader) -> None:
+    """Serve ``chain_id`` from an in-process chain (the local runner's dev chain, tests)."""
+    _IN_PROCESS[chain_id] = reader
+
+
+def rpc_urls_setting(chain: Chain) -> str:
+    return "RPC_URLS_" + chain.slug.upper().replace("-", "_")
+
+
+class EnvChainReaders:
+    """One reader per chain, built on first use and reused by the warm container."""
+
+    def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
+        self._environ = environ
+        self._readers: dict[int, ChainReader] = {}
+
+    def reader_for(self, chain: Chain) -> ChainReader:
+        if chain.chain_id in _IN_PROCESS:
+            return _IN_PROCESS[chain.chain_id]
+        if chain.chain_id not in self._readers:
+            urls = [
+                url.strip()
+                for url in self._environ.get(rpc_urls_setting(chain), "").split(",")
+                if url.strip()
+            ]
+            if not urls:
+                raise DependencyUnavailable(f"no RPC endpoint is configured for {chain.name}")
+            from billing.adapters.chain.evm_reader import EvmChainReader  # noqa: PLC0415 - web3 is ~1 s to import
+
+            self._readers[chain.chain_id] = EvmChainReader.from_urls(chain.chain_id, urls)
+        return self._readers[chain.chain_id]
