@@ -246,11 +246,11 @@ HTTP_FIXTURES = (
     HttpFixture("offer_get_demo", "GET", f"/offer/{DEMO_OFFER_ID}"),
     HttpFixture("offer_get_unknown", "GET", "/offer/no-such-offer"),
     HttpFixture(
-        "checkout_wallet_create_base_usdc",
+        "checkout_wallet_create_devchain_usdc",
         "POST",
         f"/offer/{DEMO_OFFER_ID}/checkout/wallet/create",
         body={
-            "chain": "base",
+            "chain": "devchain",
             "token": "USDC",
             "min_target_balance": "25.000000000",
             "email": "dev@example.com",

@@ -7,6 +7,9 @@ removed on Ctrl-C or SIGTERM); migrations are applied and demo data seeded.
 AWS calls go to moto in-process. Each request becomes a real payload 2.0 event
 for the real handler; what API Gateway itself answers (unknown route, body
 over 10 MB, a handler that raises) is answered the way API Gateway does.
+
+DEV ONLY, never in ``template.yaml``: an in-process chain (eth-tester with test
+USDC/USDT) runs alongside, with ``POST /dev/faucet`` and ``POST /dev/mine``.
 """
 
 from __future__ import annotations
@@ -15,27 +18,41 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BufferedIOBase
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
+import boto3
 import psycopg
 from moto import mock_aws
 from psycopg.conninfo import conninfo_to_dict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from web3 import Web3
 
+from billing.adapters.chain.hd import SeedDepositKeys
 from billing.adapters.postgres.connection import forget_connection
 from billing.adapters.postgres.migrate import apply_migrations
-from billing.settings import get_api_settings, get_database_settings
+from billing.api.problems import problem_body
+from billing.domain.chains import Chain, chain_registry
+from billing.domain.deposits import nano_to_units, units_to_nano
+from billing.domain.errors import InvalidAmount
+from billing.domain.money import parse_usd
+from billing.settings import get_api_settings, get_checkout_settings, get_database_settings
+from local.chain import serving_devchain
+from local.chain.devchain import DEV_CHAIN_SLUG, TEST_MNEMONIC, DevChain, dev_chain_registry_entry
 from local.events import HttpRequest, HttpResponse, build_event, http_response, match_route
 from local.handlers import LocalLambdaContext, load_handler
 from local.postgres import scratch_database, throwaway_cluster
@@ -51,6 +68,81 @@ def gateway_answer(status: int, message: str) -> HttpResponse:
     """A response API Gateway itself gives (no function involved), body and all."""
     body = json.dumps({"message": message}, separators=(",", ":")).encode()
     return HttpResponse(status, [("Content-Type", "application/json")], body)
+
+
+# ------------------------------------------------------- dev-only chain routes
+
+
+class FaucetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: Literal["USDC", "USDT"]
+    to: str
+    amount: str  # USD, a decimal string
+
+    @field_validator("to")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        # eth-utils 6's is_address no longer checks the EIP-55 checksum of mixed-case input.
+        digits = value.removeprefix("0x")
+        mixed_case = digits not in (digits.lower(), digits.upper())
+        if not re.fullmatch(r"0x[0-9a-fA-F]{40}", value) or (
+            mixed_case and not Web3.is_checksum_address(value)
+        ):
+            raise ValueError("not an address (mixed case must be a valid EIP-55 checksum)")
+        return Web3.to_checksum_address(value)
+
+
+class MineRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    blocks: int = Field(ge=1, le=100)
+
+
+def _json_answer(status: int, document: dict[str, Any]) -> HttpResponse:
+    return HttpResponse(status, [("Content-Type", "application/json")], json.dumps(document).encode())
+
+
+def _bad_dev_request(detail: str) -> HttpResponse:
+    body = problem_body(HTTPStatus.BAD_REQUEST, "Invalid request", detail).encode()
+    return HttpResponse(400, [("Content-Type", "application/problem+json")], body)
+
+
+def _validation_detail(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in issue['loc']) or 'body'}: {issue['msg']}"
+        for issue in error.errors()
+    )
+
+
+def dev_faucet(devchain: DevChain, body: bytes) -> HttpResponse:
+    """Mint test tokens worth ``amount`` USD to ``to``, in a newly mined block."""
+    try:
+        request = FaucetRequest.model_validate_json(body or b"{}")
+        amount_nano = parse_usd(request.amount, allow_zero=False)
+    except ValidationError as error:
+        return _bad_dev_request(_validation_detail(error))
+    except InvalidAmount as error:
+        return _bad_dev_request(f"amount: {error.detail}")
+    token = Chain.model_validate(dev_chain_registry_entry(devchain)).tokens[request.token]
+    amount_units = nano_to_units(amount_nano, token.decimals)
+    if units_to_nano(amount_units, token.decimals) != amount_nano:
+        return _bad_dev_request(f"{request.token} has {token.decimals} decimals; {request.amount} needs more")
+    tx_hash = devchain.mint(token.address, request.to, amount_units)
+    return _json_answer(200, {"tx_hash": tx_hash, "block_number": devchain.block_of(tx_hash)})
+
+
+def dev_mine(devchain: DevChain, body: bytes) -> HttpResponse:
+    """Mine 1 to 100 empty blocks (confirmations for pending deposits)."""
+    try:
+        request = MineRequest.model_validate_json(body or b"{}")
+    except ValidationError as error:
+        return _bad_dev_request(_validation_detail(error))
+    return _json_answer(200, {"block_number": devchain.mine(request.blocks)})
+
+
+#: Served by the runner itself, before the template's routes; absent from template.yaml on purpose.
+DEV_ROUTES = {("POST", "/dev/faucet"): dev_faucet, ("POST", "/dev/mine"): dev_mine}
 
 
 def handler_environment(
@@ -87,10 +179,34 @@ def handler_environment(
     }
 
 
+def checkout_environment(
+    devchain: DevChain, rpc_url: str, registry_dir: Path, *, moto_kms: bool
+) -> dict[str, str]:
+    """Let the checkout handlers use the dev chain through the production code path (HTTP JSON-RPC).
+
+    The dev chain joins the registry from a file (dev chains only), deposit addresses come from the
+    well-known test mnemonic's xpub, and with moto a KMS key is created for the handlers.
+    """
+    registry_file = registry_dir / "devchain.json"
+    registry_file.write_text(json.dumps({"chains": [dev_chain_registry_entry(devchain)]}))
+    environment = {
+        "EXTRA_CHAINS_FILE": str(registry_file),
+        "RPC_URLS_" + DEV_CHAIN_SLUG.upper(): rpc_url,
+        "ALLOW_DEV_CHAINS": "true",
+        "DEPOSIT_XPUB": SeedDepositKeys(TEST_MNEMONIC).account_xpub(),
+    }
+    if moto_kms:
+        kms_key = boto3.client("kms", region_name="us-east-1").create_key(Description="local runner")
+        environment["KMS_KEY_ID"] = kms_key["KeyMetadata"]["KeyId"]
+    return environment
+
+
 def _forget_billing_state() -> None:
     """Settings are cached per container; a new environment needs a cold start."""
     get_database_settings.cache_clear()
     get_api_settings.cache_clear()
+    get_checkout_settings.cache_clear()
+    chain_registry.cache_clear()
     forget_connection()
 
 
@@ -211,6 +327,9 @@ class LocalServer:
 
     ``with LocalServer(template_path, database_url) as server:`` then send
     requests to ``server.base_url``; the caller migrates and seeds the database.
+    ``server.devchain`` is the dev chain (test accounts pay from it); while the
+    server runs it is also ``local.chain.current_devchain()`` and is served over
+    JSON-RPC at ``server.devchain_rpc_url``.
     """
 
     def __init__(
@@ -223,6 +342,7 @@ class LocalServer:
         workers: int = DEFAULT_WORKERS,
         aws_mock: bool = True,
         log: TextIO | None = None,
+        devchain: DevChain | None = None,
     ) -> None:
         self.template = load_template(template_path)
         self.routes = http_routes(self.template)
@@ -239,6 +359,8 @@ class LocalServer:
         self._log = log or sys.stderr
         self._stack = contextlib.ExitStack()
         self.base_url = ""
+        self.devchain = devchain or DevChain()
+        self.devchain_rpc_url = ""
 
     def start(self) -> str:
         """Bind, set the handlers' environment, serve; returns the base URL."""
@@ -256,11 +378,24 @@ class LocalServer:
             stack.enter_context(handler_process_environment(environment))
             if self._aws_mock:
                 stack.enter_context(mock_aws())
+            if self.devchain.tokens is None:
+                self.devchain.deploy_tokens()
+            stack.enter_context(serving_devchain(self.devchain))
+            devchain_rpc_url = stack.enter_context(self.devchain.serve_json_rpc(str(host)))
+            registry_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="devchain-")))
+            stack.enter_context(
+                handler_process_environment(
+                    checkout_environment(
+                        self.devchain, devchain_rpc_url, registry_dir, moto_kms=self._aws_mock
+                    )
+                )
+            )
             thread = threading.Thread(target=httpd.serve_forever, name="local-apigw", daemon=True)
             thread.start()
             stack.callback(self._stop_serving, httpd, thread)
             self._stack = stack.pop_all()
         self.base_url = base_url
+        self.devchain_rpc_url = devchain_rpc_url
         return base_url
 
     @staticmethod
@@ -285,8 +420,10 @@ class LocalServer:
     def dispatch(self, request: HttpRequest) -> HttpResponse:
         """What API Gateway and the route's function answer to ``request``."""
         request_id = str(uuid.uuid4())
-        match = match_route(self.routes, request.method, request.raw_path)
-        if match is None:
+        dev_route = DEV_ROUTES.get((request.method, request.raw_path))
+        if dev_route is not None:
+            response = dev_route(self.devchain, request.body)
+        elif (match := match_route(self.routes, request.method, request.raw_path)) is None:
             response = gateway_answer(404, "Not Found")
         else:
             response = self._invoke(
@@ -324,12 +461,18 @@ def _describe(database_url: str) -> str:
     return f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
 
 
-def _banner(base_url: str, database: str, seed: DemoSeed | None) -> str:
+def _banner(base_url: str, database: str, seed: DemoSeed | None, devchain: DevChain, rpc_url: str) -> str:
+    assert devchain.tokens is not None
     lines = [
         f"Local vendor billing API on {base_url}  (Postgres {database}; AWS: moto in-process)",
         "",
         f"  curl -s {base_url}/health",
         f"  curl -s {base_url}/openapi.json",
+        "",
+        f"DEV ONLY (not in template.yaml): in-process chain {devchain.chain_id}, JSON-RPC {rpc_url}",
+        f"  USDC {devchain.tokens.usdc}   USDT {devchain.tokens.usdt}",
+        f"  curl -s -X POST {base_url}/dev/faucet -d " + """'{"token":"USDC","to":"0x…","amount":"25.5"}'""",
+        f"  curl -s -X POST {base_url}/dev/mine -d " + """'{"blocks":3}'""",
     ]
     if seed is not None:
         lines += [
@@ -360,13 +503,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             database_url = os.environ.get("DATABASE_URL") or stack.enter_context(_throwaway_database())
             with psycopg.connect(database_url, autocommit=True) as connection:
                 apply_migrations(connection)
-                seed = None if arguments.no_seed else seed_demo(connection)
             server = stack.enter_context(
                 LocalServer(arguments.template, database_url, host=arguments.host, port=arguments.port)
             )
+            # After the server started: the dev chain is in the registry, so offers can accept it.
+            with psycopg.connect(database_url, autocommit=True) as connection:
+                seed = None if arguments.no_seed else seed_demo(connection)
             if seed is not None:
                 write_demo_file(seed, server.base_url)
-            print(_banner(server.base_url, _describe(database_url), seed), flush=True)
+            banner = _banner(
+                server.base_url, _describe(database_url), seed, server.devchain, server.devchain_rpc_url
+            )
+            print(banner, flush=True)
             while True:
                 signal.pause()
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from billing.adapters.postgres.purchase_store import PostgresPurchaseStore
 from billing.adapters.postgres.transactions import PostgresTransactions
 from billing.domain.api_keys import KeyRole, generate_api_key, hash_api_key
 from billing.domain.catalog import Catalog
+from billing.domain.chains import chain_registry
 from billing.domain.ledger import credit
 from billing.domain.purchase import NewPurchase, Triggers
 from billing.services.catalog import CatalogImporter
@@ -46,7 +47,13 @@ class DemoSeed:
 
 def import_default_catalog(connection: psycopg.Connection[Any]) -> None:
     """The vendor's catalog file (``catalog/catalog.yaml``), as ``vendorctl catalog import`` would."""
-    catalog = Catalog.model_validate(yaml.safe_load(DEFAULT_CATALOG_PATH.read_text()))
+    document = yaml.safe_load(DEFAULT_CATALOG_PATH.read_text())
+    dev_chains = [chain for chain in chain_registry().chains if chain.dev]
+    for offer in document["offers"]:  # the local runner's dev chain pays for everything
+        offer["payment_options"] += [
+            {"chain": chain.slug, "token": token} for chain in dev_chains for token in chain.tokens
+        ]
+    catalog = Catalog.model_validate(document)
     CatalogImporter(PostgresTransactions(lambda: connection)).import_catalog(
         catalog, prune=False, dry_run=False
     )

@@ -56,11 +56,11 @@ class Local:
 
 @pytest.fixture(scope="module")
 def local(database_url: str) -> Iterator[Local]:
+    log = io.StringIO()
     with psycopg.connect(database_url, autocommit=True) as connection:
-        seed = seed_demo(connection)
-        log = io.StringIO()
         try:
             with LocalServer(DEFAULT_TEMPLATE_PATH, database_url, log=log) as server:
-                yield Local(server, seed, log)
+                # Seeded once the server runs: its dev chain is then in the registry.
+                yield Local(server, seed_demo(connection), log)
         finally:
             connection.execute(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE")

@@ -28,12 +28,8 @@ from tests.e2e.conftest import Answer, Local
 ROUTES = http_routes(load_template())
 #: Routes whose issue has not landed: they must answer a proper 501. Remove a folder when it does.
 NOT_BUILT_YET = {
-    "checkout_wallet_create",
-    "checkout_wallet_verify",
-    "checkout_finalize",
     "meter_usage",
     "purchase_authorize",
-    "verify_topup",
     "historical_billing",
 }
 

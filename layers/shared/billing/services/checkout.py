@@ -264,7 +264,8 @@ class CheckoutService:
             raise NotFound("no such checkout wallet for this offer")
         if wallet.purchase_id is None:
             report = self._rescan(wallet)  # the freshest confirmations before deciding
-            if report.status is not WalletStatus.PAID:
+            # FINALIZED: a concurrent request won; the locked section below replays or refuses it.
+            if report.status not in (WalletStatus.PAID, WalletStatus.FINALIZED):
                 raise InsufficientFunds(
                     f"the wallet is not paid yet: {format_usd(report.progress.remaining_nano)} USD remaining "
                     f"at {wallet.confirmations_required} confirmations",

@@ -26,24 +26,22 @@ def rpc_urls_setting(chain: Chain) -> str:
 
 
 class EnvChainReaders:
-    """One reader per chain, built on first use and reused by the warm container."""
+    """One reader per chain and endpoint list, built on first use and reused by the warm container."""
 
     def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
         self._environ = environ
-        self._readers: dict[int, ChainReader] = {}
+        self._readers: dict[tuple[int, tuple[str, ...]], ChainReader] = {}
 
     def reader_for(self, chain: Chain) -> ChainReader:
         if chain.chain_id in _IN_PROCESS:
             return _IN_PROCESS[chain.chain_id]
-        if chain.chain_id not in self._readers:
-            urls = [
-                url.strip()
-                for url in self._environ.get(rpc_urls_setting(chain), "").split(",")
-                if url.strip()
-            ]
-            if not urls:
-                raise DependencyUnavailable(f"no RPC endpoint is configured for {chain.name}")
+        setting = self._environ.get(rpc_urls_setting(chain), "")
+        urls = tuple(url.strip() for url in setting.split(",") if url.strip())
+        if not urls:
+            raise DependencyUnavailable(f"no RPC endpoint is configured for {chain.name}")
+        if (chain.chain_id, urls) not in self._readers:
             from billing.adapters.chain.evm_reader import EvmChainReader  # noqa: PLC0415 - web3 is ~1 s to import
 
-            self._readers[chain.chain_id] = EvmChainReader.from_urls(chain.chain_id, urls)
-        return self._readers[chain.chain_id]
+            reader = EvmChainReader.from_urls(chain.chain_id, urls, chain_name=chain.name)
+            self._readers[(chain.chain_id, urls)] = reader
+        return self._readers[(chain.chain_id, urls)]

@@ -1,0 +1,243 @@
+"""Checkout on an in-process chain: pay, confirm, finalize, top up — each transfer credited once."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+
+from billing.adapters.postgres.transactions import PostgresTransactions
+from billing.domain.chains import Chain, chain_registry
+from billing.domain.checkout import WalletStatus
+from billing.domain.errors import (
+    DependencyUnavailable,
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidRequest,
+    StateConflict,
+)
+from billing.services.checkout import CheckoutPolicy, CheckoutService, FinalizeRequest
+from billing.services.ports import ChainReader
+from tests.integration.checkout_support import CheckoutKit
+from tests.integration.ledger_support import assert_ledger_invariants, run_concurrently
+
+USDC = 10**6  # base units per USDC
+OFFER = "gemini-api-key"
+
+
+def _finalize_request(wallet_id: Any, **extra: Any) -> FinalizeRequest:
+    return FinalizeRequest(
+        wallet_id=wallet_id,
+        officex_purchase_id="PurchaseID_1",
+        customer_org_id="DriveID_1",
+        customer_user_id="UserID_1",
+        **extra,
+    )
+
+
+def _paid_wallet(kit: CheckoutKit, amount_units: int = 20 * USDC) -> Any:
+    created = kit.service.create_wallet(
+        OFFER, chain="devchain", token="USDC", min_target_nano=None, customer={}
+    )
+    kit.chain.pay(kit.usdc(), kit.payer, created.wallet.address, amount_units)
+    kit.chain.mine(3)
+    return created.wallet
+
+
+def test_create_pay_confirm_finalize_and_top_up(
+    checkout_kit: CheckoutKit, db: psycopg.Connection[Any]
+) -> None:
+    kit = checkout_kit
+    created = kit.service.create_wallet(
+        OFFER, chain="devchain", token="USDC", min_target_nano=None, customer={}
+    )
+    wallet = created.wallet
+    assert created.min_target_units == 20 * USDC
+    assert created.payment_uri == (
+        f"ethereum:{kit.usdc()}@{kit.chain.chain_id}/transfer?address={wallet.address}&uint256={20 * USDC}"
+    )
+    assert wallet.address == kit.keys.address_at(wallet.hd_index)
+
+    kit.chain.pay(kit.usdc(), kit.payer, wallet.address, 10 * USDC)
+    half = kit.service.verify(OFFER, wallet.id)
+    assert half.status is WalletStatus.PARTIALLY_PAID
+    assert (half.progress.confirmed_nano, half.progress.pending_nano) == (0, 10 * 10**9)
+
+    kit.chain.pay(kit.usdc(), kit.payer, wallet.address, 10 * USDC)
+    unconfirmed = kit.service.verify(OFFER, wallet.id)
+    assert unconfirmed.status is WalletStatus.PARTIALLY_PAID  # paid in full, but not deep enough
+    with pytest.raises(InsufficientFunds):
+        kit.service.finalize(OFFER, _finalize_request(wallet.id), None)
+
+    kit.chain.mine(2)
+    paid = kit.service.verify(OFFER, wallet.id)
+    assert paid.status is WalletStatus.PAID and paid.progress.remaining_nano == 0
+
+    purchase = kit.service.finalize(OFFER, _finalize_request(wallet.id), None)
+    assert purchase.balance == "20.000000000"
+    assert purchase.customer_key.startswith("ck_") and purchase.vendor_key.startswith("vk_")
+    with pytest.raises(StateConflict):
+        kit.service.finalize(OFFER, _finalize_request(wallet.id), None)
+    assert kit.service.verify(OFFER, wallet.id).status is WalletStatus.FINALIZED
+
+    kit.chain.pay(kit.usdc(), kit.payer, wallet.address, 5 * USDC)
+    kit.chain.mine(3)
+    topup = kit.service.verify_topup(purchase.purchase_id, purchase.customer_key)
+    assert [deposit.amount_nano for deposit in topup.wallet.credited_now] == [5 * 10**9]
+    assert topup.purchase.balance_nano == 25 * 10**9
+    again = kit.service.verify_topup(purchase.purchase_id, purchase.customer_key)
+    assert again.wallet.credited_now == [] and again.purchase.balance_nano == 25 * 10**9
+    assert assert_ledger_invariants(db, topup.purchase.id) == (25 * 10**9, 0)
+
+
+def test_a_reorged_payment_is_never_credited(checkout_kit: CheckoutKit) -> None:
+    kit = checkout_kit
+    created = kit.service.create_wallet(
+        OFFER, chain="devchain", token="USDC", min_target_nano=None, customer={}
+    )
+    before_payment = kit.chain.snapshot()
+    kit.chain.pay(kit.usdc(), kit.payer, created.wallet.address, 20 * USDC)
+    seen = kit.service.verify(OFFER, created.wallet.id)
+    assert seen.progress.pending_nano == 20 * 10**9
+    kit.chain.revert(before_payment)
+    kit.chain.mine(5)
+    after = kit.service.verify(OFFER, created.wallet.id)
+    assert after.status is WalletStatus.AWAITING_PAYMENT
+    assert [deposit.state.value for deposit in after.deposits] == ["reorged"]
+    with pytest.raises(InsufficientFunds):
+        kit.service.finalize(OFFER, _finalize_request(created.wallet.id), None)
+
+
+def test_fake_token_with_the_same_symbol_is_ignored(checkout_kit: CheckoutKit) -> None:
+    kit = checkout_kit
+    fake_usdc = kit.chain.deploy_usdc()
+    kit.chain.mint(fake_usdc, kit.payer, 100 * USDC)
+    created = kit.service.create_wallet(
+        OFFER, chain="devchain", token="USDC", min_target_nano=None, customer={}
+    )
+    kit.chain.pay(fake_usdc, kit.payer, created.wallet.address, 50 * USDC)
+    kit.chain.mine(3)
+    report = kit.service.verify(OFFER, created.wallet.id)
+    assert report.deposits == [] and report.status is WalletStatus.AWAITING_PAYMENT
+
+
+def test_usdt_without_return_value_pays_too(checkout_kit: CheckoutKit) -> None:
+    kit = checkout_kit
+    created = kit.service.create_wallet(
+        OFFER, chain="devchain", token="USDT", min_target_nano=None, customer={}
+    )
+    kit.chain.pay(kit.usdt(), kit.payer, created.wallet.address, 20 * USDC)
+    kit.chain.mine(3)
+    assert kit.service.verify(OFFER, created.wallet.id).status is WalletStatus.PAID
+
+
+def test_ten_concurrent_finalizes_create_one_purchase(
+    checkout_kit: CheckoutKit, db: psycopg.Connection[Any], database_url: str
+) -> None:
+    kit = checkout_kit
+    wallet = _paid_wallet(kit)
+    kit.service.verify(OFFER, wallet.id)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def finalize(connection: psycopg.Connection[Any], index: int) -> None:
+        key = "same-key" if index % 2 == 0 else None
+        try:
+            purchase = kit.service_on(connection).finalize(OFFER, _finalize_request(wallet.id), key)
+            outcome = f"{purchase.purchase_id}:{purchase.customer_key}"
+        except StateConflict:
+            outcome = "409"
+        with lock:
+            outcomes.append(outcome)
+
+    run_concurrently(database_url, 10, finalize)
+    purchases = {outcome for outcome in outcomes if outcome != "409"}
+    assert len(purchases) == 1, outcomes
+    assert db.execute("SELECT count(*) FROM purchases").fetchone() == (1,)
+
+
+def test_idempotency_key_replays_the_same_answer_and_refuses_another_body(checkout_kit: CheckoutKit) -> None:
+    kit = checkout_kit
+    wallet = _paid_wallet(kit)
+    first = kit.service.finalize(OFFER, _finalize_request(wallet.id), "retry-me")
+    replay = kit.service.finalize(OFFER, _finalize_request(wallet.id), "retry-me")
+    assert replay.replayed and (replay.purchase_id, replay.customer_key, replay.vendor_key) == (
+        first.purchase_id,
+        first.customer_key,
+        first.vendor_key,
+    )
+    other = _finalize_request(wallet.id, customer_org_endpoint="https://org.example/")
+    with pytest.raises(IdempotencyConflict):
+        kit.service.finalize(OFFER, other, "retry-me")
+
+
+def test_twenty_concurrent_topup_checks_credit_once(
+    checkout_kit: CheckoutKit, db: psycopg.Connection[Any], database_url: str
+) -> None:
+    kit = checkout_kit
+    wallet = _paid_wallet(kit)
+    purchase = kit.service.finalize(OFFER, _finalize_request(wallet.id), None)
+    kit.chain.pay(kit.usdc(), kit.payer, wallet.address, 7 * USDC)
+    kit.chain.mine(3)
+
+    def check(connection: psycopg.Connection[Any], _: int) -> int:
+        report = kit.service_on(connection).verify_topup(purchase.purchase_id, purchase.customer_key)
+        return len(report.wallet.credited_now)
+
+    assert sum(run_concurrently(database_url, 20, check)) == 1
+    rows = db.execute("SELECT count(*) FROM ledger_entries WHERE kind = 'deposit'").fetchone()
+    assert rows == (2,)
+    assert assert_ledger_invariants(db, UUID(purchase.purchase_id)) == (27 * 10**9, 0)
+
+
+def test_no_key_or_secret_is_stored_in_clear(checkout_kit: CheckoutKit, db: psycopg.Connection[Any]) -> None:
+    kit = checkout_kit
+    wallet = _paid_wallet(kit)
+    org_key = "officex-org-secret-0123456789"
+    purchase = kit.service.finalize(
+        OFFER, _finalize_request(wallet.id, customer_org_api_key=org_key), "with-replay"
+    )
+    dump = "\n".join(
+        str(row)
+        for table in ("purchases", "checkout_wallets", "deposits", "ledger_entries", "finalize_replays")
+        for row in db.execute(f"SELECT * FROM {table}").fetchall()
+    )
+    for secret in (purchase.customer_key, purchase.vendor_key, org_key, kit.keys.private_key_at(0).hex()):
+        assert secret not in dump
+
+
+def test_bad_requests_and_rpc_outage_write_nothing(
+    checkout_kit: CheckoutKit, db: psycopg.Connection[Any]
+) -> None:
+    kit = checkout_kit
+    with pytest.raises(InvalidRequest, match="accepts"):
+        kit.service.create_wallet(OFFER, chain="base", token="USDT", min_target_nano=None, customer={})
+    with pytest.raises(InvalidRequest, match="minimum deposit"):
+        kit.service.create_wallet(OFFER, chain="devchain", token="USDC", min_target_nano=10**9, customer={})
+
+    class DownChains:
+        def reader_for(self, chain: Chain) -> ChainReader:
+            raise DependencyUnavailable("the RPC did not answer")
+
+    def service(policy: CheckoutPolicy) -> CheckoutService:
+        return CheckoutService(
+            PostgresTransactions(lambda: db),
+            chains=DownChains(),
+            addresses=lambda: kit.keys,
+            secrets=lambda: pytest.fail("no encryption expected"),
+            registry=chain_registry,
+            policy=policy,
+        )
+
+    with pytest.raises(DependencyUnavailable):
+        service(CheckoutPolicy(allow_dev_chains=True)).create_wallet(
+            OFFER, chain="devchain", token="USDC", min_target_nano=None, customer={}
+        )
+    assert db.execute("SELECT count(*) FROM checkout_wallets").fetchone() == (0,)
+    with pytest.raises(InvalidRequest, match="development chain"):
+        service(CheckoutPolicy()).create_wallet(
+            OFFER, chain="devchain", token="USDC", min_target_nano=None, customer={}
+        )
