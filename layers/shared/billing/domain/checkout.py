@@ -6,7 +6,7 @@ database, these decide what changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -100,21 +100,8 @@ def reconcile_deposits(
             and scanned_from_block <= deposit.block_number <= head_block
         )
         if vanished:
-            changes.append(DepositChange(_with_state(deposit, DepositState.REORGED), is_new=False))
+            changes.append(DepositChange(replace(deposit, state=DepositState.REORGED), is_new=False))
     return changes
-
-
-def _with_state(deposit: RecordedDeposit, state: DepositState) -> RecordedDeposit:
-    return RecordedDeposit(
-        tx_hash=deposit.tx_hash,
-        log_index=deposit.log_index,
-        block_number=deposit.block_number,
-        block_hash=deposit.block_hash,
-        sender=deposit.sender,
-        amount_units=deposit.amount_units,
-        amount_nano=deposit.amount_nano,
-        state=state,
-    )
 
 
 def rescan_start(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -227,15 +227,4 @@ def replay_or_conflict(operation: LedgerOperation, recorded: LedgerReceipt) -> L
             "this idempotency key was already used for a different request",
             extra={"idempotency_key": operation.idempotency_key},
         )
-    return LedgerReceipt(
-        entry_id=recorded.entry_id,
-        purchase_id=recorded.purchase_id,
-        kind=recorded.kind,
-        amount_nano=recorded.amount_nano,
-        held_delta_nano=recorded.held_delta_nano,
-        balance_after_nano=recorded.balance_after_nano,
-        held_after_nano=recorded.held_after_nano,
-        fingerprint=recorded.fingerprint,
-        hold_id=recorded.hold_id,
-        replayed=True,
-    )
+    return replace(recorded, replayed=True)
