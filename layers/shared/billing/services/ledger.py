@@ -40,7 +40,8 @@ class LedgerService:
         self._transactions = transactions
 
     def apply(self, operation: LedgerOperation) -> LedgerReceipt:
-        return self._transactions.run(lambda unit: apply_in(unit, operation))
+        """One operation is one statement (see the Postgres ledger store): atomic without BEGIN/COMMIT."""
+        return self._transactions.run_single_write(lambda unit: apply_in(unit, operation))
 
     def expire_due_holds(self, now: datetime, *, batch_size: int = 500) -> int:
         """Release holds past their TTL in bounded batches; safe to run concurrently."""

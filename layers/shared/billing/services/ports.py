@@ -101,3 +101,7 @@ class Transactions(Protocol):
     """Runs a unit of work atomically: all of its writes commit, or none do."""
 
     def run(self, work: Callable[[UnitOfWork], T]) -> T: ...
+
+    def run_single_write(self, work: Callable[[UnitOfWork], T]) -> T:
+        """For work that writes with exactly one statement (atomic on its own): no explicit transaction."""
+        ...

@@ -38,20 +38,12 @@ _KEY_UNUSED = """
                  WHERE purchase_id = %(purchase_id)s AND idempotency_key = %(key)s)
 """
 
-_APPLY_BALANCE_CHANGE = f"""
-WITH updated AS (
-    UPDATE purchases
-       SET balance_nano = balance_nano + %(amount)s, updated_at = now()
-     WHERE id = %(purchase_id)s
-       AND (%(required)s::bigint IS NULL OR balance_nano - held_nano >= %(required)s::bigint)
-       AND {_KEY_UNUSED}
- RETURNING balance_nano, held_nano
-)
-INSERT INTO ledger_entries ({_ENTRY_COLUMNS})
-SELECT %(purchase_id)s, %(kind)s, %(amount)s, 0, balance_nano, held_nano,
-       %(key)s, %(fingerprint)s, NULL, %(source)s, %(meter)s, %(quantity)s, %(unit)s, %(metadata)s
-  FROM updated
-RETURNING id, balance_after_nano, held_after_nano, hold_id
+#: Migration 0006's function: the conditional UPDATE + INSERT statement, planned once per session.
+_APPLY_BALANCE_CHANGE = """
+SELECT entry_id, balance_after, held_after, NULL::uuid
+  FROM ledger_apply_balance_change(%(purchase_id)s, %(kind)s, %(amount)s, %(required)s, %(key)s,
+                                   %(fingerprint)s, %(source)s, %(meter)s, %(quantity)s, %(unit)s,
+                                   %(metadata)s)
 """
 
 _PLACE_HOLD = f"""

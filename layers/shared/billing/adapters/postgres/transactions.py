@@ -52,12 +52,25 @@ class PostgresTransactions:
         Retrying is safe because nothing commits before ``work`` returns and
         every ledger write is idempotent on its key.
         """
+        return self._attempt(work, in_transaction=True)
+
+    def run_single_write(self, work: Callable[[PostgresUnitOfWork], T]) -> T:
+        """Run ``work`` whose only write is one statement: each statement commits on its own.
+
+        One statement is atomic by itself, so the explicit BEGIN/COMMIT round
+        trips are saved; reads after the write see it committed.
+        """
+        return self._attempt(work, in_transaction=False)
+
+    def _attempt(self, work: Callable[[PostgresUnitOfWork], T], *, in_transaction: bool) -> T:
         stale_connection_retried = False
         attempt = 0
         while True:
             attempt += 1
             try:
                 connection = self._connect()
+                if not in_transaction:
+                    return work(PostgresUnitOfWork(connection))
                 with connection.transaction():
                     return work(PostgresUnitOfWork(connection))
             except _RETRYABLE as exc:
