@@ -43,7 +43,7 @@ HTTP_ROUTES: dict[str, tuple[str, str]] = {
     "verify_topup": ("POST", "/purchase/{purchase_id}/verify-topup"),
     "historical_billing": ("POST", "/purchase/{purchase_id}/historical-billing"),
 }
-NON_HTTP_FOLDERS = {"cost_export", "sweep", "migrate"}
+NON_HTTP_FOLDERS = {"cost_export", "sweep", "chain_sweep", "migrate"}
 # Functions that never touch the database get no Secrets Manager access.
 NO_DB_FOLDERS = {"openapi"}
 
@@ -242,7 +242,7 @@ def test_schedules_have_explicit_names_and_known_jobs(template: dict[str, Any]) 
     schedules: dict[str, dict[str, Any]] = {}
     for props in _functions(template).values():
         schedules.update(_events_of_type(props, "ScheduleV2"))
-    assert set(schedules) == {"SweepHoldsAndBalances", "SweepMaintenance"}
+    assert set(schedules) == {"SweepHoldsAndBalances", "SweepMaintenance", "ChainSweepBase"}
     for name, props in schedules.items():
         assert "Fn::Sub" in props["Name"] and "${AWS::StackName}" in props["Name"]["Fn::Sub"], name
         assert props["State"] == "ENABLED", name
@@ -250,6 +250,8 @@ def test_schedules_have_explicit_names_and_known_jobs(template: dict[str, Any]) 
     assert json.loads(schedules["SweepHoldsAndBalances"]["Input"]) == {"job": "holds_and_balances"}
     assert json.loads(schedules["SweepMaintenance"]["Input"]) == {"job": "maintenance"}
     assert _functions(template)["SweepFunction"]["CodeUri"] == "functions/sweep/"
+    assert json.loads(schedules["ChainSweepBase"]["Input"]) == {"chain": "base"}
+    assert _functions(template)["ChainSweepFunction"]["CodeUri"] == "functions/chain_sweep/"
 
 
 def test_cost_export_triggers_on_manifest_objects(template: dict[str, Any]) -> None:
@@ -301,8 +303,16 @@ def test_least_privilege_policies(template: dict[str, Any]) -> None:
             assert policies == [], logical_id
             continue
         assert policies[0] == secret_policy, logical_id
-        extra = [next(iter(p)) for p in policies[1:]]
-        assert extra == (["S3ReadPolicy"] if folder == "cost_export" else []), logical_id
+        extra = policies[1:]
+        if folder == "cost_export":
+            assert [next(iter(p)) for p in extra] == ["S3ReadPolicy"], logical_id
+        elif folder == "chain_sweep":  # the sweeper alone reads the HD seed and the treasury key
+            assert extra == [
+                {"AWSSecretsManagerGetSecretValuePolicy": {"SecretArn": {"Ref": "HdSeedSecretArn"}}},
+                {"AWSSecretsManagerGetSecretValuePolicy": {"SecretArn": {"Ref": "TreasuryKeySecretArn"}}},
+            ], logical_id
+        else:
+            assert extra == [], logical_id
 
 
 def test_no_allow_statement_grants_wildcard_actions(template: dict[str, Any]) -> None:
