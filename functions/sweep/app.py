@@ -1,4 +1,4 @@
-"""Scheduled sweep: expire holds (every minute), keep partitions ahead (hourly)."""
+"""Scheduled sweeps: expire holds (every minute), credit top-ups per chain, keep partitions ahead (hourly)."""
 
 from datetime import UTC, datetime
 from typing import Any
@@ -9,7 +9,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing.adapters.postgres.connection import shared_connection
 from billing.adapters.postgres.maintenance import PostgresMaintenance
 from billing.adapters.postgres.transactions import PostgresTransactions
+from billing.api.checkout_wiring import checkout_service
 from billing.api.observability import logger, metrics, tracer
+from billing.domain.chains import chain_registry
 from billing.services.ledger import LedgerService
 from billing.services.sweeps import SweepInput, run_sweep
 
@@ -22,9 +24,11 @@ ledger = LedgerService(PostgresTransactions())
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
     sweep = SweepInput.model_validate(event)
     outcome = run_sweep(
-        sweep.job,
+        sweep,
         ledger=ledger,
         maintenance=lambda: PostgresMaintenance(shared_connection()),
+        topups=checkout_service,
+        registry=chain_registry,
         now=datetime.now(UTC),
     )
     for name, count in outcome.items():

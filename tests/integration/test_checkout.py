@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 import psycopg
 import pytest
 
+from billing.adapters.chain.readers import EnvChainReaders
 from billing.adapters.postgres.transactions import PostgresTransactions
+from billing.domain.api_keys import KeyRole, generate_api_key
 from billing.domain.chains import Chain, chain_registry
 from billing.domain.checkout import WalletStatus
 from billing.domain.errors import (
@@ -241,3 +244,56 @@ def test_bad_requests_and_rpc_outage_write_nothing(
         service(CheckoutPolicy()).create_wallet(
             OFFER, chain="devchain", token="USDC", min_target_nano=None, customer={}
         )
+
+
+def test_the_scheduled_scan_credits_top_ups_without_any_call(
+    checkout_kit: CheckoutKit, db: psycopg.Connection[Any]
+) -> None:
+    kit = checkout_kit
+    wallet = _paid_wallet(kit)
+    purchase = kit.service.finalize(OFFER, _finalize_request(wallet.id), None)
+    kit.chain.pay(kit.usdc(), kit.payer, wallet.address, 3 * USDC)
+    kit.chain.mine(3)
+    devchain = chain_registry().chain("devchain")
+    assert kit.service.scan_topups(devchain) == 1
+    assert kit.service.scan_topups(devchain) == 0
+    assert assert_ledger_invariants(db, UUID(purchase.purchase_id)) == (23 * 10**9, 0)
+
+
+def test_late_payment_after_expiry_is_recorded_and_honoured(
+    checkout_kit: CheckoutKit, db: psycopg.Connection[Any]
+) -> None:
+    kit = checkout_kit
+    expired_at_once = CheckoutService(
+        PostgresTransactions(lambda: db),
+        chains=EnvChainReaders({}),
+        addresses=lambda: kit.keys,
+        secrets=lambda: kit.box,
+        registry=chain_registry,
+        policy=CheckoutPolicy(wallet_ttl=timedelta(0), allow_dev_chains=True),
+    )
+    created = expired_at_once.create_wallet(
+        OFFER, chain="devchain", token="USDC", min_target_nano=None, customer={}
+    )
+    assert expired_at_once.verify(OFFER, created.wallet.id).status is WalletStatus.EXPIRED
+    kit.chain.pay(kit.usdc(), kit.payer, created.wallet.address, 5 * USDC)
+    kit.chain.mine(3)
+    partly = expired_at_once.verify(OFFER, created.wallet.id)
+    assert partly.status is WalletStatus.EXPIRED and partly.progress.confirmed_nano == 5 * 10**9  # recorded
+    kit.chain.pay(kit.usdc(), kit.payer, created.wallet.address, 15 * USDC)
+    kit.chain.mine(3)
+    assert expired_at_once.verify(OFFER, created.wallet.id).status is WalletStatus.PAID
+    purchase = expired_at_once.finalize(OFFER, _finalize_request(created.wallet.id), None)
+    assert purchase.balance == "20.000000000"
+
+
+def test_supplied_keys_need_full_entropy(checkout_kit: CheckoutKit) -> None:
+    kit = checkout_kit
+    wallet = _paid_wallet(kit)
+    with pytest.raises(InvalidRequest, match="43 base64url"):
+        kit.service.finalize(OFFER, _finalize_request(wallet.id, customer_key="ck_password123"), None)
+    with pytest.raises(InvalidRequest, match="not random enough"):
+        kit.service.finalize(OFFER, _finalize_request(wallet.id, vendor_key="vk_" + "a" * 43), None)
+    strong = generate_api_key(KeyRole.CUSTOMER)
+    purchase = kit.service.finalize(OFFER, _finalize_request(wallet.id, customer_key=strong), None)
+    assert purchase.customer_key == strong and purchase.vendor_key.startswith("vk_")

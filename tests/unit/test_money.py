@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from billing.api.http import build_app
 from billing.api.models import StrictModel
+from billing.domain.deposits import nano_to_units, units_to_nano
 from billing.domain.errors import InvalidAmount
 from billing.domain.money import (
     MAX_AMOUNT_NANO,
@@ -153,3 +154,15 @@ def test_money_fields_round_trip_as_strings_and_refuse_unknown_fields() -> None:
     }
     unknown = _post(app, '{"amount": "1", "surprise": true}')
     assert unknown["statusCode"] == 422
+
+
+def test_token_units_convert_exactly_and_18_decimals_truncate_below_nano() -> None:
+    assert units_to_nano(20_000_000, 6) == 20 * 10**9  # 20 USDC
+    assert units_to_nano(1, 6) == 1_000  # 0.000001 USD
+    assert (
+        units_to_nano(12_345_678_901_234_567_891, 18) == 12_345_678_901
+    )  # 12.345678901234… USD, dust dropped
+    assert units_to_nano(999_999_999, 18) == 0  # below one nano-USD
+    assert nano_to_units(20 * 10**9, 6) == 20_000_000
+    assert nano_to_units(1, 6) == 1  # rounds up: paying it always covers the amount
+    assert nano_to_units(5, 18) == 5 * 10**9

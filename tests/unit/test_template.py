@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from billing.services.sweeps import SweepInput
 from local.template import load_cfn_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -242,13 +243,21 @@ def test_schedules_have_explicit_names_and_known_jobs(template: dict[str, Any]) 
     schedules: dict[str, dict[str, Any]] = {}
     for props in _functions(template).values():
         schedules.update(_events_of_type(props, "ScheduleV2"))
-    assert set(schedules) == {"SweepHoldsAndBalances", "SweepMaintenance", "ChainSweepBase"}
+    assert set(schedules) == {
+        "SweepHoldsAndBalances",
+        "SweepMaintenance",
+        "SweepDepositsBase",
+        "ChainSweepBase",
+    }
     for name, props in schedules.items():
         assert "Fn::Sub" in props["Name"] and "${AWS::StackName}" in props["Name"]["Fn::Sub"], name
         assert props["State"] == "ENABLED", name
         assert props["RetryPolicy"]["MaximumRetryAttempts"] <= 3, name
     assert json.loads(schedules["SweepHoldsAndBalances"]["Input"]) == {"job": "holds_and_balances"}
     assert json.loads(schedules["SweepMaintenance"]["Input"]) == {"job": "maintenance"}
+    assert json.loads(schedules["SweepDepositsBase"]["Input"]) == {"job": "deposits", "chain": "base"}
+    for name in ("SweepHoldsAndBalances", "SweepMaintenance", "SweepDepositsBase"):
+        SweepInput.model_validate_json(schedules[name]["Input"])  # the sweep function accepts each input
     assert _functions(template)["SweepFunction"]["CodeUri"] == "functions/sweep/"
     assert json.loads(schedules["ChainSweepBase"]["Input"]) == {"chain": "base"}
     assert _functions(template)["ChainSweepFunction"]["CodeUri"] == "functions/chain_sweep/"

@@ -7,14 +7,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
+from billing.domain.chains import Chain, ChainRegistry
 from billing.services.ledger import LedgerService
 
 
 class SweepJob(StrEnum):
     HOLDS_AND_BALANCES = "holds_and_balances"
     MAINTENANCE = "maintenance"
+    #: Credit confirmed top-ups to purchases' deposit addresses on one chain, without any call.
+    DEPOSITS = "deposits"
 
 
 class SweepInput(BaseModel):
@@ -23,6 +26,17 @@ class SweepInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job: SweepJob
+    chain: str | None = None
+
+    @model_validator(mode="after")
+    def _chain_for_deposits(self) -> SweepInput:
+        if (self.job is SweepJob.DEPOSITS) != (self.chain is not None):
+            raise ValueError("the deposits job needs a chain, and only it takes one")
+        return self
+
+
+class TopupScanner(Protocol):
+    def scan_topups(self, chain: Chain, *, limit: int = 200) -> int: ...
 
 
 class Maintenance(Protocol):
@@ -30,13 +44,18 @@ class Maintenance(Protocol):
 
 
 def run_sweep(
-    job: SweepJob,
+    sweep: SweepInput,
     *,
     ledger: LedgerService,
     maintenance: Callable[[], Maintenance],
+    topups: Callable[[], TopupScanner],
+    registry: Callable[[], ChainRegistry],
     now: datetime,
 ) -> dict[str, int]:
     """Run one job; every job is idempotent and safe to run twice at once."""
-    if job is SweepJob.HOLDS_AND_BALANCES:
+    if sweep.job is SweepJob.HOLDS_AND_BALANCES:
         return {"holds_expired": ledger.expire_due_holds(now)}
+    if sweep.job is SweepJob.DEPOSITS:
+        assert sweep.chain is not None
+        return {"topups_credited": topups().scan_topups(registry().chain(sweep.chain))}
     return {"usage_event_partitions_created": maintenance().ensure_usage_event_partitions()}
