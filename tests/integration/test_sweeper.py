@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -29,7 +30,7 @@ from billing.domain.sweeping import (
     sweep_method,
     worth_sweeping,
 )
-from billing.services.checkout import FinalizeRequest
+from billing.services.checkout import FinalizedPurchase, FinalizeRequest
 from billing.services.sweeper import Sweeper
 from local.chain.devchain import TEST_MNEMONIC
 from local.handlers import LocalLambdaContext, load_handler
@@ -48,6 +49,7 @@ class Paid:
     wallet: Wallet
     purchase_id: UUID
     amount_units: int
+    finalized: FinalizedPurchase
 
 
 class OneSender:
@@ -75,7 +77,7 @@ def _paid_and_finalized(kit: CheckoutKit, token: str, amount_units: int = 20 * U
         ),
         None,
     )
-    return Paid(created.wallet, UUID(purchase.purchase_id), amount_units)
+    return Paid(created.wallet, UUID(purchase.purchase_id), amount_units, purchase)
 
 
 def _ledger_snapshot(db: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
@@ -344,3 +346,40 @@ def test_chain_sweep_function_without_configuration_reports_and_sends_nothing(
 def _invoke(folder: str, event: dict[str, Any]) -> Any:
     function = next(function for function in TEMPLATE.functions if function.folder == folder)
     return load_handler(function)(event, LocalLambdaContext.for_function(function))
+
+
+def test_no_key_or_seed_in_the_database_or_logs_after_the_whole_flow(
+    sweep_kit: SweepKit, db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, every level, including web3 and botocore
+    kit = sweep_kit.kit
+    paid = _paid_and_finalized(kit, "USDC")
+    _paid_and_finalized(kit, "USDT")
+    sweep_kit.sweeper_on(db).sweep_chain("devchain")
+    purchase = paid.finalized
+    secrets = [
+        purchase.customer_key,
+        purchase.vendor_key,
+        sweep_kit.treasury_key.hex(),
+        *(kit.keys.private_key_at(index).hex() for index in range(4)),
+        TEST_MNEMONIC,
+    ]
+    logged = "\n".join(
+        [caplog.text] + [f"{record.getMessage()} {record.__dict__}" for record in caplog.records]
+    )
+    stored = "\n".join(
+        str(row)
+        for table in (
+            "purchases",
+            "checkout_wallets",
+            "deposits",
+            "ledger_entries",
+            "finalize_replays",
+            "sweeps",
+        )
+        for row in db.execute(f"SELECT * FROM {table}").fetchall()
+    )
+    assert caplog.records, "the flow logs something, so the scan means something"
+    for secret in secrets:
+        assert secret not in logged
+        assert secret not in stored
