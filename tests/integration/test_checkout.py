@@ -297,3 +297,26 @@ def test_supplied_keys_need_full_entropy(checkout_kit: CheckoutKit) -> None:
     strong = generate_api_key(KeyRole.CUSTOMER)
     purchase = kit.service.finalize(OFFER, _finalize_request(wallet.id, customer_key=strong), None)
     assert purchase.customer_key == strong and purchase.vendor_key.startswith("vk_")
+
+
+def test_balance_of_is_a_reconciliation_check_never_a_credit(
+    checkout_kit: CheckoutKit, db: psycopg.Connection[Any]
+) -> None:
+    kit = checkout_kit
+    created = kit.service.create_wallet(
+        OFFER, chain="devchain", token="USDC", min_target_nano=None, customer={}
+    )
+    kit.chain.pay(kit.usdc(), kit.payer, created.wallet.address, 20 * USDC)
+    kit.chain.mine(3)
+    report = kit.service.verify(OFFER, created.wallet.id)
+    assert report.reconciled and report.on_chain_balance_units == 20 * USDC
+    # A sweep recorded as sent whose transaction never landed: the books say 15 left, the chain says 20.
+    db.execute(
+        """INSERT INTO sweeps (id, wallet_id, chain_id, token_address, from_address, to_address, method,
+                               amount_units, topup_tx_hash, tx_hash, status)
+           VALUES (gen_random_uuid(), %s, %s, %s, %s, %s, 'gas_topup', %s, '0x01', '0x02', 'submitted')""",
+        (created.wallet.id, kit.chain.chain_id, kit.usdc(), created.wallet.address, kit.payer, 5 * USDC),
+    )
+    mismatch = kit.service.verify(OFFER, created.wallet.id)
+    assert not mismatch.reconciled and mismatch.on_chain_balance_units == 20 * USDC
+    assert mismatch.progress.confirmed_nano == 20 * 10**9  # credits still come from Transfer logs only

@@ -95,6 +95,8 @@ class WalletStatusResponse(ResponseModel):
     expires_at: datetime
     purchase_id: UUID | None
     transfers: list[TransferView]
+    on_chain_balance_units: str = Field(description="balanceOf(deposit address): a reconciliation check only")
+    reconciled: bool
 
     @classmethod
     def of(cls, report: WalletReport) -> WalletStatusResponse:
@@ -110,6 +112,8 @@ class WalletStatusResponse(ResponseModel):
             expires_at=report.wallet.expires_at,
             purchase_id=report.wallet.purchase_id,
             transfers=[_transfer(deposit, report.head_block) for deposit in report.deposits],
+            on_chain_balance_units=str(report.on_chain_balance_units),
+            reconciled=report.reconciled,
         )
 
 

@@ -182,3 +182,12 @@ class Wallet:
     last_scanned_block: int | None
     purchase_id: UUID | None
     customer: dict[str, Any] = field(default_factory=dict)
+
+
+def expected_on_chain_units(deposits: list[RecordedDeposit], swept_units: int) -> int:
+    """What ``balanceOf(deposit address)`` should show: every transfer still on chain, minus sweeps.
+
+    A reconciliation check only: credits never come from ``balanceOf``.
+    """
+    received = sum(deposit.amount_units for deposit in deposits if deposit.state is not DepositState.REORGED)
+    return received - swept_units

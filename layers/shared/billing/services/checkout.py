@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID, uuid4
 
+from aws_lambda_powertools import Logger
+
 from billing.domain.api_keys import KeyRole, accept_supplied_key, generate_api_key, hash_api_key
 from billing.domain.chains import Chain, ChainRegistry
 from billing.domain.checkout import (
@@ -25,6 +27,7 @@ from billing.domain.checkout import (
     Wallet,
     WalletStatus,
     deposit_idempotency_key,
+    expected_on_chain_units,
     payment_progress,
     reconcile_deposits,
     rescan_start,
@@ -45,6 +48,8 @@ from billing.domain.purchase import NewPurchase, PurchaseStatus, PurchaseView, T
 from billing.services.ledger import apply_in
 from billing.services.ports import ChainReader, DepositAddresses, SecretBox, Transactions, UnitOfWork
 from billing.services.purchases import authenticate_in
+
+logger = Logger(child=True)
 
 
 class ChainReaders(Protocol):
@@ -73,6 +78,9 @@ class WalletReport:
     head_block: int
     deposits: list[RecordedDeposit]
     credited_now: list[RecordedDeposit] = field(default_factory=list)
+    on_chain_balance_units: int = 0
+    #: ``balanceOf`` agrees with the recorded transfers minus sweeps (a check, never a source of credit)
+    reconciled: bool = True
 
 
 @dataclass(frozen=True)
@@ -228,6 +236,7 @@ class CheckoutService:
         )
         head = reader.head()
         observed = reader.transfers_to(wallet.token_address, [wallet.address], start, head)
+        on_chain = reader.token_balance(wallet.token_address, wallet.address)
         now = self._clock()
 
         def reconcile(unit: UnitOfWork) -> WalletReport:
@@ -251,7 +260,19 @@ class CheckoutService:
                 progress, finalized=locked.purchase_id is not None, expires_at=locked.expires_at, now=now
             )
             unit.checkout.record_scan(wallet.id, head, status)
-            return WalletReport(locked, status, progress, head, deposits, credited_now)
+            expected = expected_on_chain_units(deposits, unit.checkout.swept_units(wallet.id))
+            if on_chain != expected:
+                logger.warning(
+                    "deposit address balance differs from the recorded transfers",
+                    extra={
+                        "wallet_id": str(wallet.id),
+                        "on_chain_units": on_chain,
+                        "expected_units": expected,
+                    },
+                )
+            return WalletReport(
+                locked, status, progress, head, deposits, credited_now, on_chain, on_chain == expected
+            )
 
         return self._transactions.run(reconcile)
 

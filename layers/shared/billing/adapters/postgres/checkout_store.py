@@ -93,6 +93,15 @@ class PostgresCheckoutStore:
             for row in rows
         ]
 
+    def swept_units(self, wallet_id: UUID) -> int:
+        """Token units sent on to the offramp (submitted or confirmed sweeps)."""
+        row = self._connection.execute(
+            """SELECT coalesce(sum(amount_units), 0) FROM sweeps
+                WHERE wallet_id = %s AND status IN ('submitted', 'confirmed')""",
+            (wallet_id,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
     def apply_deposit_changes(self, wallet: Wallet, changes: list[DepositChange]) -> None:
         for change in changes:
             deposit = change.deposit
