@@ -179,3 +179,16 @@ def test_malformed_headers_never_fail(imported: None, handler_env: None) -> None
         "profession": None,
         "preferences": [],
     }
+
+
+def test_checkout_with_the_rpc_unreachable_is_a_503_problem_and_writes_nothing(
+    imported: None, db: psycopg.Connection[Any], handler_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RPC_URLS_BASE", "http://127.0.0.1:9")  # closed port: connection refused at once
+    event = load_event("checkout_wallet_create_devchain_usdc")
+    event["body"] = json.dumps({"chain": "base", "token": "USDC"})
+    response = _invoke("checkout_wallet_create", event)
+    assert response["statusCode"] == 503, response
+    assert response["headers"]["Content-Type"] == "application/problem+json"
+    assert "127.0.0.1" not in response["body"]  # RPC URLs may carry API keys: never shown
+    assert db.execute("SELECT count(*) FROM checkout_wallets").fetchone() == (0,)
