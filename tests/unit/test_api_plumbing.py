@@ -7,11 +7,13 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from billing.api.http import build_app, http_handler
 from billing.api.problems import STATUS_BY_ERROR, billing_error_response
 from billing.domain import errors
 from billing.domain.api_keys import KeyRole, api_key_matches, generate_api_key, hash_api_key
 from billing.domain.purchase import PurchaseCredentials, Triggers
 from billing.services.purchases import authenticate_in
+from local.handlers import LocalLambdaContext
 
 
 def test_every_client_error_class_has_exactly_one_status() -> None:
@@ -91,3 +93,56 @@ def test_unknown_purchase_malformed_id_and_wrong_key_fail_identically() -> None:
             authenticate_in(unit, raw_id, key, role)  # type: ignore[arg-type]
         details.add(caught.value.detail)
     assert len(details) == 1
+
+
+def _event(body: str | None, content_type: str | None) -> dict[str, object]:
+    headers = {"content-type": content_type} if content_type else {}
+    return {
+        "version": "2.0",
+        "routeKey": "POST /echo",
+        "rawPath": "/echo",
+        "rawQueryString": "",
+        "headers": headers,
+        "requestContext": {
+            "http": {
+                "method": "POST",
+                "path": "/echo",
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "t",
+            },
+            "requestId": "r-1",
+            "routeKey": "POST /echo",
+            "stage": "$default",
+        },
+        "body": body,
+        "isBase64Encoded": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        ('{"a": 1}', "application/json", 200),
+        ('{"a": 1}', "application/json; charset=utf-8", 200),
+        ('{"a": 1}', "application/problem+json", 200),
+        (None, None, 200),
+        ('{"a": 1}', "application/x-www-form-urlencoded", 415),
+        ('{"a": 1}', None, 415),
+        ("x" * 70_000, "application/json", 413),
+    ],
+)
+def test_bodies_must_be_declared_json_and_small(
+    body: str | None, content_type: str | None, status: int
+) -> None:
+    app = build_app()
+
+    @app.post("/echo")
+    def echo() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    response = http_handler(app)(_event(body, content_type), LocalLambdaContext("EchoFunction"))
+    assert response["statusCode"] == status
+    if status >= 400:
+        assert response["headers"]["Content-Type"] == "application/problem+json"
+        assert json.loads(response["body"])["status"] == status

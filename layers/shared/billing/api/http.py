@@ -38,14 +38,24 @@ def _body_size(event: dict[str, Any]) -> int:
     return size * 3 // 4 if event.get("isBase64Encoded") else size
 
 
-def _too_large(limit: int) -> dict[str, Any]:
-    detail = f"request body exceeds {limit} bytes"
+def _refusal(status: HTTPStatus, title: str, detail: str) -> dict[str, Any]:
+    """A problem answered before the resolver runs (the body is never parsed)."""
+    logger.info("request refused", extra={"problem": title, "detail": detail})
     return {
-        "statusCode": int(HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+        "statusCode": int(status),
         "headers": {"Content-Type": PROBLEM_CONTENT_TYPE},
-        "body": problem_body(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Payload too large", detail),
+        "body": problem_body(status, title, detail),
         "isBase64Encoded": False,
     }
+
+
+def _not_json(event: dict[str, Any]) -> bool:
+    """A body that is not declared as JSON (e.g. curl -d's form encoding) would be misread."""
+    if not event.get("body"):
+        return False
+    headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
+    media_type = str(headers.get("content-type", "")).split(";")[0].strip().lower()
+    return media_type != "application/json" and not media_type.endswith("+json")
 
 
 def http_handler(app: APIGatewayHttpResolver) -> LambdaHandler:
@@ -57,8 +67,17 @@ def http_handler(app: APIGatewayHttpResolver) -> LambdaHandler:
     @metrics.log_metrics
     def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         if _body_size(event) > limit:
-            logger.info("request refused", extra={"problem": "payload too large", "limit": limit})
-            response = _too_large(limit)
+            response = _refusal(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                "Payload too large",
+                f"request body exceeds {limit} bytes",
+            )
+        elif _not_json(event):
+            response = _refusal(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported media type",
+                "send the body as JSON with 'Content-Type: application/json'",
+            )
         else:
             response = app.resolve(event, context)
         status_class = int(response.get("statusCode", 500)) // 100
