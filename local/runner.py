@@ -51,8 +51,8 @@ from billing.domain.deposits import nano_to_units, units_to_nano
 from billing.domain.errors import InvalidAmount
 from billing.domain.money import parse_usd
 from billing.settings import get_api_settings, get_checkout_settings, get_database_settings
-from local.chain import serving_devchain
-from local.chain.devchain import DEV_CHAIN_SLUG, TEST_MNEMONIC, DevChain, dev_chain_registry_entry
+from local.chain import TEST_MNEMONIC, serving_devchain
+from local.chain.devchain import DEV_CHAIN_SLUG, DevChain, dev_chain_registry_entry
 from local.events import HttpRequest, HttpResponse, build_event, http_response, match_route
 from local.handlers import LocalLambdaContext, load_handler
 from local.postgres import scratch_database, throwaway_cluster

@@ -12,6 +12,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from local.chain.devchain import DevChain
 
+#: Hardhat's well-known public test mnemonic: the local runner's and tests' deposit keys.
+#: TEST-ONLY: anyone can derive its keys, so it must never hold real funds or be configured in AWS.
+TEST_MNEMONIC = "test test test test test test test test test test test junk"
+
 _current: DevChain | None = None
 
 

@@ -36,8 +36,6 @@ VYPER_CACHE_DIR = Path(__file__).resolve().parents[2] / ".local" / "vyper-cache"
 
 #: Registry slug of the dev chain, and its confirmation depth (small, so tests mine little).
 DEV_CHAIN_SLUG = "devchain"
-#: Hardhat's well-known test mnemonic: the local runner's deposit addresses. Test funds only, never real.
-TEST_MNEMONIC = "test test test test test test test test test test test junk"
 DEV_CHAIN_CONFIRMATIONS = 3
 
 #: Name and version in TestUSDC's EIP-712 domain, as on Circle's mainnet USDC.

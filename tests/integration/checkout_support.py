@@ -20,7 +20,8 @@ from billing.adapters.chain.readers import EnvChainReaders, use_in_process_chain
 from billing.adapters.postgres.transactions import PostgresTransactions
 from billing.domain.chains import chain_registry
 from billing.services.checkout import CheckoutPolicy, CheckoutService
-from local.chain.devchain import TEST_MNEMONIC, DevChain, dev_chain_registry_entry
+from local.chain import TEST_MNEMONIC
+from local.chain.devchain import DevChain, dev_chain_registry_entry
 from local.seed import import_default_catalog
 
 

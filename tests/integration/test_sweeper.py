@@ -32,7 +32,7 @@ from billing.domain.sweeping import (
 )
 from billing.services.checkout import FinalizedPurchase, FinalizeRequest
 from billing.services.sweeper import Sweeper
-from local.chain.devchain import TEST_MNEMONIC
+from local.chain import TEST_MNEMONIC
 from local.handlers import LocalLambdaContext, load_handler
 from local.template import load_template
 from tests.conftest import load_event

@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing.adapters.chain.hd import HARDENED, SeedDepositKeys, XpubDepositAddresses
+from local.chain import TEST_MNEMONIC
 
 #: Hardhat/Anvil's default mnemonic and its first two accounts (m/44'/60'/0'/0/0 and /1).
-MNEMONIC = "test test test test test test test test test test test junk"
+MNEMONIC = TEST_MNEMONIC
 HARDHAT_ACCOUNTS = [
     (
         "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",
