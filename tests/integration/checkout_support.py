@@ -16,7 +16,7 @@ from moto import mock_aws
 from billing.adapters.aws.kms import KmsSecretBox
 from billing.adapters.chain.evm_reader import EvmChainReader
 from billing.adapters.chain.hd import SeedDepositKeys, XpubDepositAddresses
-from billing.adapters.chain.readers import EnvChainReaders, use_in_process_chain
+from billing.adapters.chain.readers import EnvChainReaders, in_process_chain
 from billing.adapters.postgres.transactions import PostgresTransactions
 from billing.domain.chains import chain_registry
 from billing.services.checkout import CheckoutPolicy, CheckoutService
@@ -66,11 +66,11 @@ def checkout_kit(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     chain_registry.cache_clear()
-    use_in_process_chain(chain.chain_id, EvmChainReader.from_web3(chain.chain_id, chain.web3))
     transactions = PostgresTransactions(lambda: db)
     import_default_catalog(db)
     keys = SeedDepositKeys(TEST_MNEMONIC)
-    with mock_aws():
+    reader = EvmChainReader.from_web3(chain.chain_id, chain.web3)
+    with mock_aws(), in_process_chain(chain.chain_id, reader):
         key_id = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
         box = KmsSecretBox(key_id)
         addresses = XpubDepositAddresses(keys.account_xpub())

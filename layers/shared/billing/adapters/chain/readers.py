@@ -6,8 +6,9 @@ access never pay for it.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from billing.domain.chains import Chain
 from billing.domain.errors import DependencyUnavailable
@@ -16,9 +17,14 @@ from billing.services.ports import ChainReader
 _IN_PROCESS: dict[int, ChainReader] = {}
 
 
-def use_in_process_chain(chain_id: int, reader: ChainReader) -> None:
-    """Serve ``chain_id`` from an in-process chain (the local runner's dev chain, tests)."""
+@contextlib.contextmanager
+def in_process_chain(chain_id: int, reader: ChainReader) -> Iterator[None]:
+    """Serve ``chain_id`` from an in-process chain while the block runs (tests)."""
     _IN_PROCESS[chain_id] = reader
+    try:
+        yield
+    finally:
+        _IN_PROCESS.pop(chain_id, None)
 
 
 def rpc_urls_setting(chain: Chain) -> str:
