@@ -1,19 +1,26 @@
-"""POST /purchase/{purchase_id}/meter-usage — usage metering (501 until its issue lands)."""
+"""POST /purchase/{purchase_id}/meter-usage — charge usage against the prepaid balance (vendor key)."""
 
-from billing.api.http import build_app, http_handler, not_built
+from datetime import UTC, datetime
+
+from billing.adapters.postgres.transactions import PostgresTransactions
+from billing.api.http import bearer_key, build_app, http_handler
+from billing.api.metering_models import MeterUsageResponse, UsageBatchBody, UsageEventBody, events_of
 from billing.api.openapi import BEARER_SECURITY, problem_responses
+from billing.services.metering import MeteringService
 
 app = build_app()
+metering = MeteringService(PostgresTransactions())
 
 
 @app.post(
     "/purchase/<purchase_id>/meter-usage",
-    responses=problem_responses(401, 402, 409, 422, 501, 503, success=None),
+    responses=problem_responses(400, 401, 409, 503),
     operation_id="meterUsage",
     security=BEARER_SECURITY,
 )
-def meter_usage(purchase_id: str) -> None:
-    not_built("usage metering")
+def meter_usage(purchase_id: str, body: UsageEventBody | UsageBatchBody) -> MeterUsageResponse:
+    outcome = metering.meter(purchase_id, bearer_key(app), events_of(body))
+    return MeterUsageResponse.of(outcome, datetime.now(UTC))
 
 
 lambda_handler = http_handler(app)

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from billing.api.openapi import OPENAPI_DOCUMENT_PATH
+from billing.domain.money import format_usd
 from local.events import DEMO_OFFER_ID, HTTP_FIXTURES, HttpFixture
 from local.postgres import throwaway_cluster
 from local.runner import MAX_API_PAYLOAD_BYTES
@@ -28,7 +29,6 @@ from tests.e2e.conftest import Answer, Local
 ROUTES = http_routes(load_template())
 #: Routes whose issue has not landed: they must answer a proper 501. Remove a folder when it does.
 NOT_BUILT_YET = {
-    "meter_usage",
     "purchase_authorize",
     "historical_billing",
 }
@@ -81,7 +81,7 @@ def test_openapi_is_the_committed_document(local: Local) -> None:
     assert answer.json() == json.loads(OPENAPI_DOCUMENT_PATH.read_text())
 
 
-def test_seeded_purchase_is_readable_with_its_customer_key(local: Local) -> None:
+def test_seeded_purchase_is_readable_with_its_customer_key(local: Local, database_url: str) -> None:
     answer = local.request("GET", f"/purchase/{local.seed.purchase_id}", key=local.seed.customer_key)
 
     assert answer.status == 200, answer
@@ -89,7 +89,16 @@ def test_seeded_purchase_is_readable_with_its_customer_key(local: Local) -> None
     assert purchase["purchase_id"] == local.seed.purchase_id
     assert purchase["offer_id"] == DEMO_OFFER_ID
     assert purchase["status"] == "active"
-    assert purchase["balance"] == "25.000000000"
+    # 25 USD opening credit, less whatever other tests metered: the ledger says how much.
+    with psycopg.connect(database_url) as connection:
+        opening, total = connection.execute(
+            """SELECT sum(amount_nano) FILTER (WHERE idempotency_key = 'demo-opening-credit'),
+                      sum(amount_nano)
+                 FROM ledger_entries WHERE purchase_id = %s""",
+            (local.seed.purchase_id,),
+        ).fetchone() or (None, None)
+    assert opening == 25 * 10**9
+    assert purchase["balance"] == format_usd(int(total))
 
 
 def test_unknown_purchase_and_wrong_key_get_the_same_401(local: Local) -> None:

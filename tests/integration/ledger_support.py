@@ -28,15 +28,16 @@ def ensure_offer(connection: psycopg.Connection[Any]) -> None:
     )
 
 
-def new_purchase(connection: psycopg.Connection[Any]) -> tuple[UUID, str, str]:
+def new_purchase(connection: psycopg.Connection[Any], offer_id: str = OFFER_ID) -> tuple[UUID, str, str]:
     """A purchase with zero balance; returns (id, customer key, vendor key)."""
-    ensure_offer(connection)
+    if offer_id == OFFER_ID:
+        ensure_offer(connection)
     purchase_id = uuid4()
     customer, vendor = generate_api_key(KeyRole.CUSTOMER), generate_api_key(KeyRole.VENDOR)
     PostgresPurchaseStore(connection).insert(
         NewPurchase(
             id=purchase_id,
-            offer_id=OFFER_ID,
+            offer_id=offer_id,
             triggers=Triggers(low_nano=3_000, critical_nano=2_000, termination_nano=1_000),
             customer_key_hash=hash_api_key(customer),
             vendor_key_hash=hash_api_key(vendor),

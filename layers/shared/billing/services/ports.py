@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 from billing.domain.catalog import AppstoreList, Catalog, Offer
@@ -87,6 +87,23 @@ class SecretBox(Protocol):
     def decrypt(self, ciphertext: bytes, context: dict[str, str]) -> str: ...
 
 
+class UsageStore(Protocol):
+    def record(
+        self,
+        *,
+        purchase_id: UUID,
+        occurred_at: datetime,
+        idempotency_key: str,
+        ledger_entry_id: int,
+        meter: str,
+        quantity: str,
+        unit: str,
+        cost_nano: int,
+        description: str | None,
+        metadata: dict[str, Any],
+    ) -> None: ...
+
+
 class UnitOfWork(Protocol):
     @property
     def ledger(self) -> LedgerStore: ...
@@ -96,6 +113,8 @@ class UnitOfWork(Protocol):
     def catalog(self) -> CatalogStore: ...
     @property
     def checkout(self) -> CheckoutStore: ...
+    @property
+    def usage(self) -> UsageStore: ...
 
 
 class Transactions(Protocol):

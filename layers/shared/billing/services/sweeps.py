@@ -40,7 +40,7 @@ class TopupScanner(Protocol):
 
 
 class Maintenance(Protocol):
-    def ensure_usage_event_partitions(self, months_back: int = 1, months_ahead: int = 3) -> int: ...
+    def ensure_usage_event_partitions(self, months_back: int = 2, months_ahead: int = 3) -> int: ...
 
 
 def run_sweep(

@@ -11,7 +11,7 @@ class PostgresMaintenance:
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self._connection = connection
 
-    def ensure_usage_event_partitions(self, months_back: int = 1, months_ahead: int = 3) -> int:
+    def ensure_usage_event_partitions(self, months_back: int = 2, months_ahead: int = 3) -> int:
         row = self._connection.execute(
             """SELECT ensure_usage_events_partitions(
                    (date_trunc('month', now()) - make_interval(months => %s))::date, %s)""",

@@ -13,6 +13,7 @@ from billing.adapters.postgres.checkout_store import PostgresCheckoutStore
 from billing.adapters.postgres.connection import forget_connection, shared_connection
 from billing.adapters.postgres.ledger_store import DuplicateIdempotencyKey, PostgresLedgerStore
 from billing.adapters.postgres.purchase_store import PostgresPurchaseStore
+from billing.adapters.postgres.usage_store import PostgresUsageStore
 from billing.domain.errors import DependencyUnavailable
 
 T = TypeVar("T")
@@ -34,6 +35,7 @@ class PostgresUnitOfWork:
         self.purchases = PostgresPurchaseStore(connection)
         self.catalog = PostgresCatalogStore(connection)
         self.checkout = PostgresCheckoutStore(connection)
+        self.usage = PostgresUsageStore(connection)
 
 
 class PostgresTransactions:

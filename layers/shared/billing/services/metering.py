@@ -1,0 +1,160 @@
+"""Metering usage against a purchase's prepaid balance: each event charged exactly once.
+
+A batch is one transaction: every event's ledger debit and usage row commit
+together, or none do. An event's idempotency key makes a retry a replay (same
+body) or a 409 (different body), so a retry storm charges each event once.
+Usage that already happened is recorded even if it overdraws; the answer's
+``allowed`` tells the vendor's server whether to keep serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from billing.domain.api_keys import KeyRole
+from billing.domain.catalog import GeminiPricing
+from billing.domain.errors import InvalidRequest, NotFound
+from billing.domain.ledger import debit
+from billing.domain.pricing import GeminiUsageMetadata, price_gemini_call
+from billing.domain.purchase import PurchaseStatus, PurchaseView
+from billing.services.ledger import apply_in
+from billing.services.ports import Transactions, UnitOfWork
+from billing.services.purchases import authenticate_in
+
+BACKDATING_WINDOW = timedelta(days=35)
+FUTURE_SKEW = timedelta(minutes=5)
+_SERVING_STATUSES = (PurchaseStatus.ACTIVE, PurchaseStatus.LOW, PurchaseStatus.CRITICAL)
+
+
+@dataclass(frozen=True)
+class GeminiCall:
+    model: str
+    usage: GeminiUsageMetadata
+
+
+@dataclass(frozen=True)
+class UsageEvent:
+    idempotency_key: str
+    usage_amount: Decimal
+    unit: str
+    cost_nano: int | None = None  # an explicit charge, or…
+    gemini: GeminiCall | None = None  # …a call the server prices from the offer
+    occurred_at: datetime | None = None
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class MeteredEvent:
+    idempotency_key: str
+    cost_nano: int
+    entry_id: int
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class MeteringOutcome:
+    purchase: PurchaseView
+    events: list[MeteredEvent]
+
+    @property
+    def allowed(self) -> bool:
+        """Keep serving: the purchase is not suspended and its balance is above termination."""
+        return (
+            self.purchase.status in _SERVING_STATUSES
+            and self.purchase.balance_nano > self.purchase.triggers.termination_nano
+        )
+
+
+class MeteringService:
+    def __init__(
+        self, transactions: Transactions, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self._transactions = transactions
+        self._clock = clock
+
+    def meter(self, raw_purchase_id: str, vendor_key: str, events: list[UsageEvent]) -> MeteringOutcome:
+        now = self._clock()
+
+        def charge(unit: UnitOfWork) -> MeteringOutcome:
+            purchase_id = authenticate_in(unit, raw_purchase_id, vendor_key, KeyRole.VENDOR)
+            purchase = unit.purchases.view(purchase_id)
+            if purchase is None:
+                raise NotFound("purchase not found")
+            metered = [self._charge_one(unit, purchase, event, now) for event in events]
+            after = unit.purchases.view(purchase_id)
+            assert after is not None
+            return MeteringOutcome(after, metered)
+
+        return self._transactions.run(charge)
+
+    def _charge_one(
+        self, unit: UnitOfWork, purchase: PurchaseView, event: UsageEvent, now: datetime
+    ) -> MeteredEvent:
+        occurred_at = event.occurred_at or now
+        if not now - BACKDATING_WINDOW <= occurred_at <= now + FUTURE_SKEW:
+            skew_minutes = int(FUTURE_SKEW.total_seconds() // 60)
+            raise InvalidRequest(
+                f"event {event.idempotency_key!r}: timestamp must be within the last "
+                f"{BACKDATING_WINDOW.days} days and at most {skew_minutes} minutes ahead"
+            )
+        meter, cost_nano, priced = self._cost(unit, purchase, event)
+        # Only what the client sent defines the request: a retry without a timestamp is still a replay.
+        metadata = {
+            "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
+            "description": event.description,
+            **priced,
+            **(event.metadata or {}),
+        }
+        receipt = apply_in(
+            unit,
+            debit(
+                purchase.id,
+                cost_nano,
+                event.idempotency_key,
+                require_available=False,  # the usage already happened: record it, then stop serving
+                source="meter-usage",
+                meter=meter,
+                quantity=str(event.usage_amount),
+                unit=event.unit,
+                metadata=metadata,
+            ),
+        )
+        if not receipt.replayed:
+            unit.usage.record(
+                purchase_id=purchase.id,
+                occurred_at=occurred_at,
+                idempotency_key=event.idempotency_key,
+                ledger_entry_id=receipt.entry_id,
+                meter=meter,
+                quantity=str(event.usage_amount),
+                unit=event.unit,
+                cost_nano=cost_nano,
+                description=event.description,
+                metadata=event.metadata or {},
+            )
+        return MeteredEvent(event.idempotency_key, -receipt.amount_nano, receipt.entry_id, receipt.replayed)
+
+    @staticmethod
+    def _cost(unit: UnitOfWork, purchase: PurchaseView, event: UsageEvent) -> tuple[str, int, dict[str, Any]]:
+        if event.cost_nano is not None:
+            return "explicit", event.cost_nano, {}
+        assert event.gemini is not None
+        offer = unit.catalog.offer(purchase.offer_id)
+        if offer is None or not isinstance(offer.pricing, GeminiPricing):
+            raise InvalidRequest("this purchase's offer does not price Gemini calls; send cost_incurred")
+        priced = price_gemini_call(offer.pricing, event.gemini.model, event.gemini.usage)
+        if priced.cost_nano <= 0:
+            raise InvalidRequest(f"event {event.idempotency_key!r}: the call has no billable tokens")
+        details = {
+            "model": event.gemini.model,
+            "usage_metadata": event.gemini.usage.model_dump(by_alias=True),
+            "prices_as_of": offer.pricing.prices_as_of.isoformat(),
+            "markup": str(offer.pricing.markup),
+            "long_context": priced.long_context,
+        }
+        return f"gemini:{event.gemini.model}", priced.cost_nano, details
