@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -197,3 +198,29 @@ def test_service_uses_one_transaction_per_operation(db: psycopg.Connection[Any])
 
     PostgresTransactions(lambda: db).run(open_and_charge)
     assert assert_ledger_invariants(db, purchase_id) == (300, 0)
+
+
+def test_the_idempotency_probe_uses_the_unique_index(db: psycopg.Connection[Any]) -> None:
+    """Another index leading with purchase_id let the planner scan a purchase's whole history per write."""
+    leading_purchase_id = [
+        row[0]
+        for row in db.execute(
+            """SELECT indexrelid::regclass::text FROM pg_index
+                WHERE indrelid = 'ledger_entries'::regclass
+                  AND indkey[0] = (SELECT attnum FROM pg_attribute
+                                    WHERE attrelid = 'ledger_entries'::regclass
+                                      AND attname = 'purchase_id')"""
+        )
+    ]
+    assert leading_purchase_id == ["ledger_entries_idempotency"]
+    purchase_id, _, _ = new_purchase(db)
+    service = ledger_on(db)
+    service.apply(ledger.credit(purchase_id, 10**12, "opening"))
+    for index in range(300):
+        service.apply(ledger.debit(purchase_id, 1, f"d-{index}"))
+    (plan,) = db.execute(
+        """EXPLAIN (FORMAT JSON) SELECT 1 FROM ledger_entries
+            WHERE purchase_id = %s AND idempotency_key = %s""",
+        (purchase_id, "d-7"),
+    ).fetchone() or (None,)
+    assert "ledger_entries_idempotency" in json.dumps(plan)
