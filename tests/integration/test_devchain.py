@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,21 +33,6 @@ from local.template import DEFAULT_TEMPLATE_PATH
 USDC = 10**6
 #: secp256k1 group order: (r, n - s) with the other parity is the same signature's malleable twin.
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-
-
-@pytest.fixture(scope="module")
-def module_chain() -> DevChain:
-    chain = DevChain()
-    chain.deploy_tokens()
-    return chain
-
-
-@pytest.fixture
-def chain(module_chain: DevChain) -> Iterator[DevChain]:
-    """The module's chain, back to its freshly deployed state after each test."""
-    snapshot = module_chain.snapshot()
-    yield module_chain
-    module_chain.revert(snapshot)
 
 
 def _tokens(chain: DevChain) -> DevTokens:

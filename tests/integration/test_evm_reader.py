@@ -52,21 +52,6 @@ class AddressIgnoringProvider(EthereumTesterProvider):
 
 
 @pytest.fixture(scope="module")
-def module_chain() -> DevChain:
-    chain = DevChain()
-    chain.deploy_tokens()
-    return chain
-
-
-@pytest.fixture
-def chain(module_chain: DevChain) -> Iterator[DevChain]:
-    """The module's chain, back to its freshly deployed state after each test."""
-    snapshot = module_chain.snapshot()
-    yield module_chain
-    module_chain.revert(snapshot)
-
-
-@pytest.fixture(scope="module")
 def rpc_url(module_chain: DevChain) -> Iterator[str]:
     with module_chain.serve_json_rpc() as url:
         yield url
