@@ -1,4 +1,4 @@
-"""Scheduled sweeps: expire holds (every minute), credit top-ups per chain, keep partitions ahead (hourly)."""
+"""Scheduled sweeps: purchases (every minute), top-ups per chain, partitions (hourly)."""
 
 from datetime import UTC, datetime
 from typing import Any
@@ -12,10 +12,10 @@ from billing.adapters.postgres.transactions import PostgresTransactions
 from billing.api.checkout_wiring import checkout_service
 from billing.api.observability import logger, metrics, tracer
 from billing.domain.chains import chain_registry
-from billing.services.ledger import LedgerService
+from billing.services.lifecycle import PurchaseLifecycle
 from billing.services.sweeps import SweepInput, run_sweep
 
-ledger = LedgerService(PostgresTransactions())
+lifecycle = PurchaseLifecycle(PostgresTransactions())
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -25,7 +25,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, i
     sweep = SweepInput.model_validate(event)
     outcome = run_sweep(
         sweep,
-        ledger=ledger,
+        lifecycle=lifecycle,
         maintenance=lambda: PostgresMaintenance(shared_connection()),
         topups=checkout_service,
         registry=chain_registry,

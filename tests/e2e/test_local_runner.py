@@ -29,7 +29,6 @@ from tests.e2e.conftest import Answer, Local
 ROUTES = http_routes(load_template())
 #: Routes whose issue has not landed: they must answer a proper 501. Remove a folder when it does.
 NOT_BUILT_YET = {
-    "purchase_authorize",
     "historical_billing",
 }
 

@@ -53,7 +53,7 @@ def _assert_conforms(method: str, template_path: str, status: int, content_type:
         ("GET", "/purchase/{demo}", "/purchase/{purchase_id}", "customer", 200),
         ("GET", "/purchase/{demo}", "/purchase/{purchase_id}", "vendor", 401),
         ("POST", "/purchase/{demo}/meter-usage", "/purchase/{purchase_id}/meter-usage", "vendor", 422),
-        ("POST", "/purchase/{demo}/authorize", "/purchase/{purchase_id}/authorize", "vendor", 501),
+        ("POST", "/purchase/{demo}/authorize", "/purchase/{purchase_id}/authorize", "vendor", 422),
     ],
 )
 def test_public_routes_answer_in_the_documented_shape(

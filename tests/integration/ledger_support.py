@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
@@ -28,7 +29,17 @@ def ensure_offer(connection: psycopg.Connection[Any]) -> None:
     )
 
 
-def new_purchase(connection: psycopg.Connection[Any], offer_id: str = OFFER_ID) -> tuple[UUID, str, str]:
+TEST_TRIGGERS = Triggers(low_nano=3_000, critical_nano=2_000, termination_nano=1_000)
+
+
+def new_purchase(
+    connection: psycopg.Connection[Any],
+    offer_id: str = OFFER_ID,
+    *,
+    triggers: Triggers = TEST_TRIGGERS,
+    grace_period: timedelta = timedelta(hours=72),
+    notify_email: str | None = None,
+) -> tuple[UUID, str, str]:
     """A purchase with zero balance; returns (id, customer key, vendor key)."""
     if offer_id == OFFER_ID:
         ensure_offer(connection)
@@ -38,9 +49,11 @@ def new_purchase(connection: psycopg.Connection[Any], offer_id: str = OFFER_ID) 
         NewPurchase(
             id=purchase_id,
             offer_id=offer_id,
-            triggers=Triggers(low_nano=3_000, critical_nano=2_000, termination_nano=1_000),
+            triggers=triggers,
             customer_key_hash=hash_api_key(customer),
             vendor_key_hash=hash_api_key(vendor),
+            grace_period=grace_period,
+            notify_email=notify_email,
         )
     )
     return purchase_id, customer, vendor

@@ -320,3 +320,36 @@ def test_balance_of_is_a_reconciliation_check_never_a_credit(
     mismatch = kit.service.verify(OFFER, created.wallet.id)
     assert not mismatch.reconciled and mismatch.on_chain_balance_units == 20 * USDC
     assert mismatch.progress.confirmed_nano == 20 * 10**9  # credits still come from Transfer logs only
+
+
+def test_finalize_sets_up_notifications_and_the_offer_grace_period(
+    checkout_kit: CheckoutKit, db: psycopg.Connection[Any]
+) -> None:
+    kit = checkout_kit
+    created = kit.service.create_wallet(
+        OFFER, chain="devchain", token="USDC", min_target_nano=None, customer={"email": "pay@customer.example"}
+    )
+    kit.chain.pay(kit.usdc(), kit.payer, created.wallet.address, 20 * USDC)
+    kit.chain.mine(3)
+    hook = "https://hooks.customer.example/billing"
+
+    purchase = kit.service.finalize(OFFER, _finalize_request(created.wallet.id, webhook_url=hook), None)
+
+    assert purchase.webhook_secret is not None and purchase.webhook_secret.startswith("whsec_")
+    email, url, ciphertext, grace = db.execute(
+        "SELECT notify_email, webhook_url, webhook_secret_ciphertext, grace_period FROM purchases WHERE id = %s",
+        (UUID(purchase.purchase_id),),
+    ).fetchone() or (None, None, None, None)
+    assert (email, url, grace) == ("pay@customer.example", hook, timedelta(hours=24))  # gemini offer: 24 h
+    context = {"purpose": "webhook-secret", "purchase_id": purchase.purchase_id}
+    assert kit.box.decrypt(bytes(ciphertext), context) == purchase.webhook_secret
+    assert purchase.webhook_secret.encode() not in bytes(ciphertext)
+
+    other = _paid_wallet(kit)
+    quiet = kit.service.finalize(
+        OFFER, _finalize_request(other.id, notification_email="billing@customer.example"), None
+    )
+    assert quiet.webhook_secret is None
+    assert db.execute(
+        "SELECT notify_email, webhook_url FROM purchases WHERE id = %s", (UUID(quiet.purchase_id),)
+    ).fetchone() == ("billing@customer.example", None)

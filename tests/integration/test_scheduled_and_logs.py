@@ -40,7 +40,7 @@ def test_sweep_releases_expired_holds_once(db: psycopg.Connection[Any], handler_
     first = _invoke("sweep", load_event("sweep_holds_and_balances"))
     second = _invoke("sweep", load_event("sweep_holds_and_balances"))
 
-    assert (first, second) == ({"holds_expired": 1}, {"holds_expired": 0})
+    assert (first["holds_expired"], second["holds_expired"]) == (1, 0)
     assert assert_ledger_invariants(db, purchase_id) == (1_000, 200)
 
 

@@ -25,6 +25,9 @@ OfficexId = Annotated[str, StringConstraints(min_length=1, max_length=200, patte
 Email = Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
 
 
+HttpsUrl = Annotated[str, StringConstraints(max_length=500, pattern=r"^https://[^\s]+$")]
+
+
 class CreateWalletBody(StrictModel):
     chain: str = Field(max_length=40, examples=["base"])
     token: str = Field(max_length=10, examples=["USDC"])
@@ -147,13 +150,18 @@ class FinalizeBody(StrictModel):
     officex_purchase_id: OfficexId
     customer_org_id: OfficexId
     customer_user_id: OfficexId
-    customer_org_endpoint: (
-        Annotated[str, StringConstraints(max_length=500, pattern=r"^https://[^\s]+$")] | None
-    ) = None
+    customer_org_endpoint: HttpsUrl | None = None
     customer_org_api_key: Annotated[str, StringConstraints(min_length=8, max_length=500)] | None = None
     triggers: TriggersBody | None = None
     customer_check_billing_api_key: Annotated[str, StringConstraints(max_length=200)] | None = None
     vendor_update_billing_api_key: Annotated[str, StringConstraints(max_length=200)] | None = None
+    notification_email: Email | None = Field(
+        default=None, description="Where balance notices go; defaults to the checkout's email"
+    )
+    webhook_url: HttpsUrl | None = Field(
+        default=None,
+        description="Receives signed status-change webhooks; the signing secret is returned once",
+    )
 
     def to_request(self) -> FinalizeRequest:
         triggers = None
@@ -169,6 +177,8 @@ class FinalizeBody(StrictModel):
             triggers=triggers,
             customer_key=self.customer_check_billing_api_key,
             vendor_key=self.vendor_update_billing_api_key,
+            notification_email=self.notification_email,
+            webhook_url=self.webhook_url,
         )
 
 
@@ -187,6 +197,10 @@ class FinalizedResponse(ResponseModel):
     chain: str
     token: str
     resource: dict[str, Any]
+    webhook_secret: str | None = Field(
+        default=None,
+        description="Shown once when webhook_url was given: signs the webhooks (docs/notifications.md)",
+    )
 
     @classmethod
     def of(cls, purchase: FinalizedPurchase) -> FinalizedResponse:
@@ -203,6 +217,7 @@ class FinalizedResponse(ResponseModel):
             chain=purchase.chain,
             token=purchase.token,
             resource=purchase.resource,
+            webhook_secret=purchase.webhook_secret,
         )
 
 

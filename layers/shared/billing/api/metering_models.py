@@ -37,6 +37,9 @@ class UsageEventBody(StrictModel):
     timestamp: AwareDatetime | None = None
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
     metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetadataValue] | None = None
+    hold_id: UUID | None = Field(
+        default=None, description="The authorization (POST …/authorize) this usage settles; the rest is freed"
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -62,6 +65,7 @@ class UsageEventBody(StrictModel):
             occurred_at=self.timestamp,
             description=self.description,
             metadata=dict(self.metadata) if self.metadata else None,
+            hold_id=self.hold_id,
         )
 
 
@@ -82,6 +86,9 @@ class MeteredEventView(ResponseModel):
     cost: UsdAmount
     entry_id: int
     replayed: bool
+    hold_status: Literal["captured", "expired", "released"] | None = Field(
+        default=None, description="With hold_id: the hold afterwards (usage is charged even if it had lapsed)"
+    )
 
 
 class MeterUsageResponse(ResponseModel):

@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from pydantic import Field
+
 from billing.api.models import ResponseModel
 from billing.domain.money import SignedUsdAmount, UsdAmount
 from billing.domain.purchase import PurchaseStatus, PurchaseView
@@ -33,6 +35,9 @@ class PurchaseResponse(ResponseModel):
     triggers: TriggersBody
     deposit: DepositAddress | None
     resource: dict[str, Any]
+    grace_until: datetime | None = Field(
+        description="While suspended: when the resources are deleted unless the balance is topped up"
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -57,6 +62,7 @@ class PurchaseResponse(ResponseModel):
             ),
             deposit=deposit,
             resource=view.resource,
+            grace_until=view.grace_until,
             created_at=view.created_at,
             updated_at=view.updated_at,
         )

@@ -24,6 +24,11 @@ def generate_api_key(role: KeyRole) -> str:
     return f"{role.value}_{secrets.token_urlsafe(KEY_BYTES)}"
 
 
+def generate_webhook_secret() -> str:
+    """The per-purchase key that signs webhooks (docs/notifications.md)."""
+    return f"whsec_{secrets.token_urlsafe(KEY_BYTES)}"
+
+
 def hash_api_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 

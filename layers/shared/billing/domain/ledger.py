@@ -45,6 +45,8 @@ class LedgerOperation:
     required_available_nano: int | None = None
     hold_id: UUID | None = None
     hold_expires_at: datetime | None = None
+    #: what a RELEASE makes of the hold: "released" (given back) or "captured" (settled by usage)
+    hold_outcome: str | None = None
     source: str = "api"
     meter: str | None = None
     quantity: str | None = None
@@ -58,6 +60,7 @@ class LedgerOperation:
             "amount_nano": self.amount_nano,
             "held_delta_nano": self.held_delta_nano,
             "hold_id": str(self.hold_id) if self.hold_id else None,
+            "hold_outcome": self.hold_outcome,
             "meter": self.meter,
             "quantity": self.quantity,
             "unit": self.unit,
@@ -81,6 +84,13 @@ class LedgerReceipt:
     fingerprint: str
     hold_id: UUID | None = None
     replayed: bool = False
+
+
+@dataclass(frozen=True)
+class HoldState:
+    status: str  # active | captured | released | expired
+    amount_nano: int
+    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,7 @@ def place_hold(
     idempotency_key: str,
     *,
     source: str = "api",
+    metadata: dict[str, Any] | None = None,
 ) -> LedgerOperation:
     """Reserve funds; fails unless ``balance - held`` covers the amount."""
     amount = check_amount_nano(amount_nano, allow_zero=False)
@@ -199,18 +210,24 @@ def place_hold(
         hold_id=hold_id,
         hold_expires_at=expires_at,
         source=source,
+        metadata=metadata or {},
     )
 
 
 def release_hold(
-    purchase_id: UUID, hold_id: UUID, idempotency_key: str, *, source: str = "api"
+    purchase_id: UUID, hold_id: UUID, idempotency_key: str, *, captured: bool = False, source: str = "api"
 ) -> LedgerOperation:
-    """Give back a whole active hold; its amount comes from the hold itself."""
+    """Give back a whole active hold; its amount comes from the hold itself.
+
+    ``captured`` marks the hold settled by a usage charge (recorded separately)
+    rather than given back unused; either way the held amount is freed.
+    """
     return LedgerOperation(
         purchase_id=purchase_id,
         idempotency_key=_check_key(idempotency_key),
         kind=EntryKind.RELEASE,
         hold_id=hold_id,
+        hold_outcome="captured" if captured else "released",
         source=source,
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -46,6 +46,11 @@ class NewPurchase:
     customer_org_endpoint: str | None = None
     customer_org_api_key_ciphertext: bytes | None = None
     resource: dict[str, Any] = field(default_factory=dict)
+    notify_email: str | None = None
+    webhook_url: str | None = None
+    webhook_secret_ciphertext: bytes | None = None
+    #: suspension → termination; the offer's ``grace_period_hours`` at purchase time
+    grace_period: timedelta = timedelta(hours=72)
 
 
 @dataclass(frozen=True)
@@ -68,3 +73,4 @@ class PurchaseView:
     resource: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    grace_until: datetime | None = None

@@ -18,7 +18,13 @@ from uuid import UUID, uuid4
 
 from aws_lambda_powertools import Logger
 
-from billing.domain.api_keys import KeyRole, accept_supplied_key, generate_api_key, hash_api_key
+from billing.domain.api_keys import (
+    KeyRole,
+    accept_supplied_key,
+    generate_api_key,
+    generate_webhook_secret,
+    hash_api_key,
+)
 from billing.domain.chains import Chain, ChainRegistry
 from billing.domain.checkout import (
     DepositState,
@@ -44,7 +50,7 @@ from billing.domain.errors import (
 from billing.domain.ledger import credit
 from billing.domain.money import format_usd
 from billing.domain.payment_uri import eip681_token_transfer_uri
-from billing.domain.purchase import NewPurchase, PurchaseStatus, PurchaseView, Triggers
+from billing.domain.purchase import NewPurchase, PurchaseView, Triggers
 from billing.services.ledger import apply_in
 from billing.services.ports import ChainReader, DepositAddresses, SecretBox, Transactions, UnitOfWork
 from billing.services.purchases import authenticate_in
@@ -100,6 +106,8 @@ class FinalizeRequest:
     triggers: Triggers | None = None
     customer_key: str | None = None
     vendor_key: str | None = None
+    notification_email: str | None = None
+    webhook_url: str | None = None
 
     def fingerprint(self) -> str:
         """Identifies the request for Idempotency-Key replays; secrets enter only as hashes."""
@@ -113,6 +121,8 @@ class FinalizeRequest:
             "triggers": None if self.triggers is None else vars(self.triggers),
             "customer_key": _digest(self.customer_key),
             "vendor_key": _digest(self.vendor_key),
+            "notification_email": self.notification_email,
+            "webhook_url": self.webhook_url,
         }
         return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
@@ -137,6 +147,7 @@ class FinalizedPurchase:
     chain: str
     token: str
     resource: dict[str, Any]
+    webhook_secret: str | None = None
     replayed: bool = False
 
 
@@ -342,6 +353,7 @@ class CheckoutService:
             org_key_ciphertext = self._secrets().encrypt(
                 request.customer_org_api_key, {"purpose": "officex-org-key", "purchase_id": str(purchase_id)}
             )
+        webhook_secret = generate_webhook_secret() if request.webhook_url else None
         unit.purchases.insert(
             NewPurchase(
                 id=purchase_id,
@@ -356,18 +368,28 @@ class CheckoutService:
                 customer_org_endpoint=request.customer_org_endpoint,
                 customer_org_api_key_ciphertext=org_key_ciphertext,
                 resource={"kind": offer.kind.value, "status": "provisioning"},
+                notify_email=request.notification_email or wallet.customer.get("email"),
+                webhook_url=request.webhook_url,
+                webhook_secret_ciphertext=(
+                    self._secrets().encrypt(
+                        webhook_secret, {"purpose": "webhook-secret", "purchase_id": str(purchase_id)}
+                    )
+                    if webhook_secret
+                    else None
+                ),
+                grace_period=timedelta(hours=defaults.grace_period_hours),
             )
         )
         _credit_confirmed(unit, wallet, purchase_id)
         unit.checkout.attach_purchase(wallet.id, purchase_id)
-        funds = unit.ledger.funds(purchase_id)
-        assert funds is not None
+        view = unit.purchases.view(purchase_id)
+        assert view is not None
         return FinalizedPurchase(
             purchase_id=str(purchase_id),
             offer_id=offer.id,
             wallet_id=str(wallet.id),
-            status=PurchaseStatus.ACTIVE.value,
-            balance=format_usd(funds.balance_nano),
+            status=view.status.value,
+            balance=format_usd(view.balance_nano),
             triggers={
                 "low": format_usd(triggers.low_nano),
                 "critical": format_usd(triggers.critical_nano),
@@ -379,6 +401,7 @@ class CheckoutService:
             chain=wallet.chain,
             token=wallet.token,
             resource={"kind": offer.kind.value, "status": "provisioning"},
+            webhook_secret=webhook_secret,
         )
 
     # ----------------------------------------------------------------- top-ups

@@ -22,10 +22,10 @@ def apply_in(unit: UnitOfWork, operation: LedgerOperation) -> LedgerReceipt:
         raise NotFound("purchase not found")
     if operation.kind is EntryKind.RELEASE:
         assert operation.hold_id is not None
-        status = unit.ledger.hold_status(operation.purchase_id, operation.hold_id)
-        if status is None:
+        hold = unit.ledger.hold(operation.purchase_id, operation.hold_id)
+        if hold is None:
             raise NotFound("hold not found")
-        raise StateConflict(f"hold is already {status}")
+        raise StateConflict(f"hold is already {hold.status}")
     required = operation.required_available_nano
     if required is not None and funds.available_nano < required:
         raise InsufficientFunds(

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from billing.domain.api_keys import KeyRole
 from billing.domain.catalog import GeminiPricing
 from billing.domain.errors import InvalidRequest, NotFound
-from billing.domain.ledger import debit
+from billing.domain.ledger import debit, release_hold
 from billing.domain.pricing import GeminiUsageMetadata, price_gemini_call
 from billing.domain.purchase import PurchaseStatus, PurchaseView
 from billing.services.ledger import apply_in
@@ -46,6 +47,7 @@ class UsageEvent:
     occurred_at: datetime | None = None
     description: str | None = None
     metadata: dict[str, Any] | None = None
+    hold_id: UUID | None = None  # an authorization this usage settles
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class MeteredEvent:
     cost_nano: int
     entry_id: int
     replayed: bool
+    #: with ``hold_id``: the hold's state after this event ("captured", or "expired"/"released"
+    #: when it was no longer active: the usage is charged all the same)
+    hold_status: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,10 +108,13 @@ class MeteringService:
                 f"{BACKDATING_WINDOW.days} days and at most {skew_minutes} minutes ahead"
             )
         meter, cost_nano, priced = self._cost(unit, purchase, event)
+        if event.hold_id is not None and unit.ledger.hold(purchase.id, event.hold_id) is None:
+            raise InvalidRequest(f"event {event.idempotency_key!r}: no hold {event.hold_id} on this purchase")
         # Only what the client sent defines the request: a retry without a timestamp is still a replay.
         metadata = {
             "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
             "description": event.description,
+            **({"hold_id": str(event.hold_id)} if event.hold_id else {}),
             **priced,
             **(event.metadata or {}),
         }
@@ -137,7 +145,23 @@ class MeteringService:
                 description=event.description,
                 metadata=event.metadata or {},
             )
-        return MeteredEvent(event.idempotency_key, -receipt.amount_nano, receipt.entry_id, receipt.replayed)
+        hold_status = self._settle_hold(unit, purchase, event.hold_id) if event.hold_id else None
+        return MeteredEvent(
+            event.idempotency_key, -receipt.amount_nano, receipt.entry_id, receipt.replayed, hold_status
+        )
+
+    @staticmethod
+    def _settle_hold(unit: UnitOfWork, purchase: PurchaseView, hold_id: UUID) -> str:
+        """Free the authorization the usage was charged against; the charge itself stands alone."""
+        hold = unit.ledger.hold(purchase.id, hold_id)
+        assert hold is not None
+        if hold.status == "active":
+            capture = release_hold(
+                purchase.id, hold_id, f"capture:{hold_id}", captured=True, source="meter-usage"
+            )
+            apply_in(unit, capture)
+            return "captured"
+        return hold.status
 
     @staticmethod
     def _cost(unit: UnitOfWork, purchase: PurchaseView, event: UsageEvent) -> tuple[str, int, dict[str, Any]]:

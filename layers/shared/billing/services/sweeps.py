@@ -10,7 +10,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from billing.domain.chains import Chain, ChainRegistry
-from billing.services.ledger import LedgerService
+from billing.services.lifecycle import PurchaseLifecycle
 
 
 class SweepJob(StrEnum):
@@ -46,7 +46,7 @@ class Maintenance(Protocol):
 def run_sweep(
     sweep: SweepInput,
     *,
-    ledger: LedgerService,
+    lifecycle: PurchaseLifecycle,
     maintenance: Callable[[], Maintenance],
     topups: Callable[[], TopupScanner],
     registry: Callable[[], ChainRegistry],
@@ -54,7 +54,7 @@ def run_sweep(
 ) -> dict[str, int]:
     """Run one job; every job is idempotent and safe to run twice at once."""
     if sweep.job is SweepJob.HOLDS_AND_BALANCES:
-        return {"holds_expired": ledger.expire_due_holds(now)}
+        return lifecycle.sweep(now)
     if sweep.job is SweepJob.DEPOSITS:
         assert sweep.chain is not None
         return {"topups_credited": topups().scan_topups(registry().chain(sweep.chain))}

@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from billing.domain.errors import StateConflict
-from billing.domain.ledger import EntryKind, Funds, LedgerOperation, LedgerReceipt
+from billing.domain.ledger import EntryKind, Funds, HoldState, LedgerOperation, LedgerReceipt
 
 IDEMPOTENCY_CONSTRAINT = "ledger_entries_idempotency"
 HOLDS_PRIMARY_KEY = "holds_pkey"
@@ -69,7 +69,7 @@ RETURNING id, balance_after_nano, held_after_nano, hold_id
 _RELEASE_HOLD = f"""
 WITH released AS (
     UPDATE holds
-       SET status = 'released', settled_at = now()
+       SET status = %(hold_outcome)s, settled_at = now()
      WHERE id = %(hold_id)s AND purchase_id = %(purchase_id)s AND status = 'active'
        AND {_KEY_UNUSED}
  RETURNING id, amount_nano
@@ -132,6 +132,7 @@ class PostgresLedgerStore:
             "held_delta": operation.held_delta_nano,
             "required": operation.required_available_nano,
             "hold_id": operation.hold_id,
+            "hold_outcome": operation.hold_outcome,
             "expires_at": operation.hold_expires_at,
             "source": operation.source,
             "meter": operation.meter,
@@ -196,11 +197,12 @@ class PostgresLedgerStore:
         ).fetchone()
         return Funds(balance_nano=row[0], held_nano=row[1]) if row else None
 
-    def hold_status(self, purchase_id: UUID, hold_id: UUID) -> str | None:
+    def hold(self, purchase_id: UUID, hold_id: UUID) -> HoldState | None:
         row = self._connection.execute(
-            "SELECT status FROM holds WHERE id = %s AND purchase_id = %s", (hold_id, purchase_id)
+            "SELECT status, amount_nano, expires_at FROM holds WHERE id = %s AND purchase_id = %s",
+            (hold_id, purchase_id),
         ).fetchone()
-        return str(row[0]) if row else None
+        return HoldState(status=row[0], amount_nano=row[1], expires_at=row[2]) if row else None
 
     def expire_due_holds(self, now: datetime, limit: int) -> int:
         """Release up to ``limit`` holds past their expiry; returns how many."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -10,6 +11,38 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from billing.domain.purchase import NewPurchase, PurchaseCredentials, PurchaseStatus, PurchaseView, Triggers
+
+_END_GRACE_PERIODS = """
+WITH due AS (
+    SELECT id FROM purchases
+     WHERE status = 'suspended' AND grace_until <= %(now)s
+     ORDER BY grace_until
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE purchases p SET status = 'terminated', updated_at = now()
+  FROM due WHERE p.id = due.id
+RETURNING p.id
+"""
+
+# The trigger of migration 0007 keeps every status current as balances move; this catches
+# anything it could not see (rows written before it existed, statuses edited by hand).
+_REEVALUATE_STATUSES = """
+WITH stale AS (
+    SELECT id FROM purchases
+     WHERE status <> 'terminated'
+       AND status <> purchase_status_for(status, balance_nano, low_trigger_nano,
+                                         critical_trigger_nano, termination_trigger_nano)
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE purchases p
+   SET status = purchase_status_for(p.status, p.balance_nano, p.low_trigger_nano,
+                                    p.critical_trigger_nano, p.termination_trigger_nano),
+       updated_at = now()
+  FROM stale WHERE p.id = stale.id
+RETURNING p.id
+"""
 
 
 class PostgresPurchaseStore:
@@ -21,8 +54,9 @@ class PostgresPurchaseStore:
             """INSERT INTO purchases (id, offer_id, wallet_id, officex_purchase_id, customer_org_id,
                    customer_user_id, customer_org_endpoint, low_trigger_nano, critical_trigger_nano,
                    termination_trigger_nano, customer_key_hash, vendor_key_hash, resource,
-                   customer_org_api_key_ciphertext)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                   customer_org_api_key_ciphertext, notify_email, webhook_url, webhook_secret_ciphertext,
+                   grace_period)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
             (
                 purchase.id,
                 purchase.offer_id,
@@ -38,6 +72,10 @@ class PostgresPurchaseStore:
                 purchase.vendor_key_hash,
                 Jsonb(purchase.resource),
                 purchase.customer_org_api_key_ciphertext,
+                purchase.notify_email,
+                purchase.webhook_url,
+                purchase.webhook_secret_ciphertext,
+                purchase.grace_period,
             ),
         )
 
@@ -75,4 +113,13 @@ class PostgresPurchaseStore:
             resource=row["resource"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            grace_until=row["grace_until"],
         )
+
+    def end_grace_periods(self, now: datetime, limit: int) -> int:
+        """Terminate up to ``limit`` suspended purchases whose grace period is over."""
+        return len(self._connection.execute(_END_GRACE_PERIODS, {"now": now, "limit": limit}).fetchall())
+
+    def reevaluate_statuses(self, limit: int) -> int:
+        """Move up to ``limit`` purchases whose status disagrees with their balance; returns how many."""
+        return len(self._connection.execute(_REEVALUATE_STATUSES, {"limit": limit}).fetchall())
