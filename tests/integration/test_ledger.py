@@ -206,7 +206,7 @@ def test_the_idempotency_probe_uses_the_unique_index(db: psycopg.Connection[Any]
         row[0]
         for row in db.execute(
             """SELECT indexrelid::regclass::text FROM pg_index
-                WHERE indrelid = 'ledger_entries'::regclass
+                WHERE indrelid = 'ledger_entries'::regclass AND indpred IS NULL
                   AND indkey[0] = (SELECT attnum FROM pg_attribute
                                     WHERE attrelid = 'ledger_entries'::regclass
                                       AND attname = 'purchase_id')"""
