@@ -16,6 +16,8 @@ _END_GRACE_PERIODS = """
 WITH due AS (
     SELECT id FROM purchases
      WHERE status = 'suspended' AND grace_until <= %(now)s
+       -- a top-up on its way that would lift the suspension keeps the purchase (migration 0011)
+       AND NOT purchase_rescue_pending(id)
      ORDER BY grace_until
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
@@ -86,35 +88,27 @@ class PostgresPurchaseStore:
         return PurchaseCredentials(bytes(row[0]), bytes(row[1])) if row else None
 
     def view(self, purchase_id: UUID) -> PurchaseView | None:
+        row = self._view_row(purchase_id)
+        return _view_of(row) if row is not None else None
+
+    def view_with_credentials(self, purchase_id: UUID) -> tuple[PurchaseView, PurchaseCredentials] | None:
+        """The view and the key hashes in one read (the same row): authenticate and read at once."""
+        row = self._view_row(purchase_id)
+        if row is None:
+            return None
+        return _view_of(row), PurchaseCredentials(
+            bytes(row["customer_key_hash"]), bytes(row["vendor_key_hash"])
+        )
+
+    def _view_row(self, purchase_id: UUID) -> dict[str, Any] | None:
         with self._connection.cursor(row_factory=dict_row) as cursor:
-            row = cursor.execute(
+            return cursor.execute(
                 """SELECT p.*, w.address AS deposit_address, w.chain_id AS deposit_chain_id,
                           w.token AS deposit_token
                      FROM purchases p LEFT JOIN checkout_wallets w ON w.id = p.wallet_id
                     WHERE p.id = %s""",
                 (purchase_id,),
             ).fetchone()
-        if row is None:
-            return None
-        return PurchaseView(
-            id=row["id"],
-            offer_id=row["offer_id"],
-            status=PurchaseStatus(row["status"]),
-            balance_nano=row["balance_nano"],
-            held_nano=row["held_nano"],
-            triggers=Triggers(
-                low_nano=row["low_trigger_nano"],
-                critical_nano=row["critical_trigger_nano"],
-                termination_nano=row["termination_trigger_nano"],
-            ),
-            deposit_address=row["deposit_address"],
-            deposit_chain_id=row["deposit_chain_id"],
-            deposit_token=row["deposit_token"],
-            resource=row["resource"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            grace_until=row["grace_until"],
-        )
 
     def end_grace_periods(self, now: datetime, limit: int) -> int:
         """Terminate up to ``limit`` suspended purchases whose grace period is over."""
@@ -123,3 +117,25 @@ class PostgresPurchaseStore:
     def reevaluate_statuses(self, limit: int) -> int:
         """Move up to ``limit`` purchases whose status disagrees with their balance; returns how many."""
         return len(self._connection.execute(_REEVALUATE_STATUSES, {"limit": limit}).fetchall())
+
+
+def _view_of(row: dict[str, Any]) -> PurchaseView:
+    return PurchaseView(
+        id=row["id"],
+        offer_id=row["offer_id"],
+        status=PurchaseStatus(row["status"]),
+        balance_nano=row["balance_nano"],
+        held_nano=row["held_nano"],
+        triggers=Triggers(
+            low_nano=row["low_trigger_nano"],
+            critical_nano=row["critical_trigger_nano"],
+            termination_nano=row["termination_trigger_nano"],
+        ),
+        deposit_address=row["deposit_address"],
+        deposit_chain_id=row["deposit_chain_id"],
+        deposit_token=row["deposit_token"],
+        resource=row["resource"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        grace_until=row["grace_until"],
+    )
