@@ -7,9 +7,9 @@ SAM_ENV := AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACC
 export PYTHONPATH := layers/shared:.
 FUNCTION_APPS := $(wildcard functions/*/app.py)
 
-.PHONY: setup dev invoke migrate vendorctl lint format typecheck validate openapi openapi-check pytest test check bench clean
+.PHONY: setup dev invoke migrate vendorctl lint format typecheck validate openapi openapi-check pytest test check bench clean bench-cost-export bench-metering bench-load
 
-$(VENV)/.installed: requirements-dev.txt layers/shared/requirements.txt
+$(VENV)/.installed: requirements-dev.txt layers/shared/requirements.txt layers/cost_export/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
@@ -75,6 +75,21 @@ check: test
 
 bench: $(VENV)/.installed
 	$(PY) bench/ledger.py
+
+## meter-usage events/s through the handler, and the sweep over 100,000 purchases (docs/benchmarks.md):
+## make bench-metering ARGS=--quick (smoke run), ARGS="--scenario sweep" (one scenario)
+bench-metering: $(VENV)/.installed
+	$(PY) bench/metering.py $(ARGS)
+
+## Cost-export ingest vs plain DuckDB on a 2 GB legacy-CUR file (generated once under /tmp): make bench-cost-export ARGS=--quick
+bench-cost-export: $(VENV)/.installed
+	$(PY) bench/cost_export.py $(ARGS)
+
+## The whole journey over HTTP with 8 clients for 60 s against the local runner, ledger checked after
+## (docs/benchmarks.md): make bench-load ARGS=--quick (smoke run), ARGS="--seconds 120 --clients 16"
+bench-load: $(VENV)/.installed
+	./scripts/ensure-postgres.sh
+	$(PY) bench/load.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .mypy_cache .pytest_cache .ruff_cache .hypothesis

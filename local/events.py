@@ -217,6 +217,16 @@ COST_REPORT_BUCKET = "officex-cost-reports"
 LEGACY_MANIFEST_KEY = (
     "cur/officex-cur/20231101-20231201/7f0c1a7e-0000-4000-8000-000000000000/officex-cur-Manifest.json"
 )
+#: Data Exports (CUR 2.0 / FOCUS): the manifest under metadata/ ("=" arrives URL-encoded).
+DATA_EXPORTS_MANIFEST_KEY = "exports/officex-cur2/metadata/BILLING_PERIOD=2023-11/officex-cur2-Manifest.json"
+#: Objects the cost_export function must ignore: a data file, and a manifest for Redshift (also
+#: ending in "Manifest.json", so the S3 notification filter lets it through).
+LEGACY_DATA_FILE_KEY = (
+    "cur/officex-cur/20231101-20231201/7f0c1a7e-0000-4000-8000-000000000000/officex-cur-1.csv.gz"
+)
+REDSHIFT_MANIFEST_KEY = (
+    "cur/officex-cur/20231101-20231201/7f0c1a7e-0000-4000-8000-000000000000/officex-cur-RedshiftManifest.json"
+)
 
 
 @dataclass(frozen=True)
@@ -302,6 +312,18 @@ HTTP_FIXTURES = (
         key="ck_demo",
         body={"interval": "day", "group_by": "meter", "format": "json"},
     ),
+    HttpFixture(
+        "historical_billing_monthly_csv",
+        "POST",
+        f"/purchase/{DEMO_PURCHASE_ID}/historical-billing",
+        key="ck_demo",
+        body={
+            "interval": "month",
+            "start": "2024-10-01T00:00:00Z",
+            "end": "2025-01-15T12:00:00Z",
+            "format": "csv",
+        },
+    ),
 )
 
 
@@ -367,7 +389,20 @@ def fixture_events(template_path: Path | None = None) -> dict[str, dict[str, Any
     fixtures["sweep_holds_and_balances"] = {"job": "holds_and_balances"}
     fixtures["sweep_maintenance"] = {"job": "maintenance"}
     fixtures["migrate_run"] = {}
+    fixtures["outbox_dispatch_scheduled"] = {}  # the schedule's Input: every channel
+    fixtures["provisioner_scheduled"] = {}  # the schedule's Input: every due resource action
+    fixtures["provisioner_purchase"] = {"purchase_id": DEMO_PURCHASE_ID}  # finalize's async invoke
+    fixtures["usage_estimator_scheduled"] = {}  # the schedule's Input: every provisioned bucket
     fixtures["cost_export_legacy_manifest"] = s3_object_created_event(COST_REPORT_BUCKET, LEGACY_MANIFEST_KEY)
+    fixtures["cost_export_data_exports_manifest"] = s3_object_created_event(
+        COST_REPORT_BUCKET, DATA_EXPORTS_MANIFEST_KEY
+    )
+    fixtures["cost_export_data_file_ignored"] = s3_object_created_event(
+        COST_REPORT_BUCKET, LEGACY_DATA_FILE_KEY, size=48_213
+    )
+    fixtures["cost_export_redshift_manifest_ignored"] = s3_object_created_event(
+        COST_REPORT_BUCKET, REDSHIFT_MANIFEST_KEY
+    )
     return fixtures
 
 

@@ -28,6 +28,7 @@ import traceback
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BufferedIOBase
@@ -46,10 +47,12 @@ from billing.adapters.chain.hd import SeedDepositKeys
 from billing.adapters.postgres.connection import forget_connection
 from billing.adapters.postgres.migrate import apply_migrations
 from billing.api.problems import problem_body
+from billing.api.provisioning_wiring import provisioning_worker, resource_handoff
 from billing.domain.chains import Chain, chain_registry
 from billing.domain.deposits import nano_to_units, units_to_nano
 from billing.domain.errors import InvalidAmount
 from billing.domain.money import parse_usd
+from billing.provisioning_settings import get_provisioning_settings
 from billing.settings import get_api_settings, get_checkout_settings, get_database_settings
 from local.chain import TEST_MNEMONIC, serving_devchain
 from local.chain.devchain import DEV_CHAIN_SLUG, DevChain, dev_chain_registry_entry
@@ -206,8 +209,25 @@ def _forget_billing_state() -> None:
     get_database_settings.cache_clear()
     get_api_settings.cache_clear()
     get_checkout_settings.cache_clear()
+    get_provisioning_settings.cache_clear()
+    provisioning_worker.cache_clear()
+    resource_handoff.cache_clear()
     chain_registry.cache_clear()
     forget_connection()
+
+
+def provisioning_environment() -> dict[str, str]:
+    """Provisioning against moto: buckets ``oxb-local-…``, users under ``/officex-billing/local/``.
+
+    The bucket policy's TLS-only statement is off: moto applies a policy's Deny statements to
+    every request regardless of their conditions (docs/provisioning.md).
+    """
+    return {
+        "PROVISIONED_BUCKET_PREFIX": "oxb-local",
+        "PROVISIONED_IAM_PATH": "/officex-billing/local/",
+        "PROVISIONED_RESOURCE_TAGS": "service=vendor-billing,stage=local",
+        "PROVISIONED_BUCKET_REQUIRE_TLS": "false",
+    }
 
 
 @contextlib.contextmanager
@@ -321,6 +341,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve  # noqa: N815
 
+    def __getattr__(self, name: str) -> Any:
+        """Any other method (TRACE, QUERY, …) matches no route: the gateway's 404, not http.server's 501."""
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
+
 
 class LocalServer:
     """The local API on a background thread; ``port=0`` picks a free port.
@@ -343,7 +369,10 @@ class LocalServer:
         aws_mock: bool = True,
         log: TextIO | None = None,
         devchain: DevChain | None = None,
+        provision_every_s: float | None = None,
     ) -> None:
+        #: Run the provisioner (as its schedule would) this often, against moto; None: never.
+        self._provision_every_s = provision_every_s if aws_mock else None
         self.template = load_template(template_path)
         self.routes = http_routes(self.template)
         self._functions = {
@@ -390,6 +419,18 @@ class LocalServer:
                     )
                 )
             )
+            if self._provision_every_s:
+                stack.enter_context(handler_process_environment(provisioning_environment()))
+                stop = threading.Event()
+                provisioner = threading.Thread(
+                    target=self._provision_periodically,
+                    args=(self._provision_every_s, stop),
+                    name="local-provisioner",
+                    daemon=True,
+                )
+                provisioner.start()
+                stack.callback(provisioner.join)
+                stack.callback(stop.set)
             thread = threading.Thread(target=httpd.serve_forever, name="local-apigw", daemon=True)
             thread.start()
             stack.callback(self._stop_serving, httpd, thread)
@@ -397,6 +438,18 @@ class LocalServer:
         self.base_url = base_url
         self.devchain_rpc_url = devchain_rpc_url
         return base_url
+
+    def _provision_periodically(self, every_s: float, stop: threading.Event) -> None:
+        """The provisioner's schedule, locally: resource.* rows run against moto every few seconds."""
+        while not stop.wait(every_s):
+            try:
+                outcome = provisioning_worker().run(time_left=lambda: timedelta(minutes=5))
+            except Exception:
+                print(f"provisioner failed:\n{traceback.format_exc()}", file=self._log, flush=True)
+                continue
+            if outcome.done or outcome.retried or outcome.postponed:
+                print(f"provisioner: {outcome.as_metrics()}", file=self._log, flush=True)
+        forget_connection()  # this thread's connection
 
     @staticmethod
     def _stop_serving(httpd: _PooledHTTPServer, thread: threading.Thread) -> None:
@@ -493,6 +546,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--no-seed", action="store_true", help="do not seed the demo offer and purchase")
     parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE_PATH)
+    parser.add_argument(
+        "--provision-every",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="run the provisioner (S3 buckets on moto) this often; 0 turns it off",
+    )
     arguments = parser.parse_args(argv)
     # Both unwind the stack below (stopping the throwaway cluster), also when
     # started in the background, where SIGINT is inherited as ignored.
@@ -504,7 +564,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             with psycopg.connect(database_url, autocommit=True) as connection:
                 apply_migrations(connection)
             server = stack.enter_context(
-                LocalServer(arguments.template, database_url, host=arguments.host, port=arguments.port)
+                LocalServer(
+                    arguments.template,
+                    database_url,
+                    host=arguments.host,
+                    port=arguments.port,
+                    provision_every_s=arguments.provision_every or None,
+                )
             )
             # After the server started: the dev chain is in the registry, so offers can accept it.
             with psycopg.connect(database_url, autocommit=True) as connection:

@@ -27,7 +27,8 @@ os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "vendor-billing")
 #: Every table with data, emptied between tests.
 DATA_TABLES = (
     "ledger_entries, holds, deposits, outbox, usage_events, purchases, checkout_wallets, offers, "
-    "appstore_lists"
+    "appstore_lists, cost_export_charges, cost_export_deliveries, cost_export_staged_costs, "
+    "provisioned_resources, provisioning_steps, usage_estimates"
 )
 
 

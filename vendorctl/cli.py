@@ -4,6 +4,8 @@
     vendorctl catalog import FILE [--prune] [--dry-run]
     vendorctl catalog export [FILE] [--format yaml|json]
     vendorctl offers list
+    vendorctl cost-export replay|deliveries …   (see vendorctl/cost_export.py)
+    vendorctl estimates unsettled …              (see vendorctl/estimates.py)
 
 The database is ``--database-url`` or ``DATABASE_URL``. Exit codes: 0 done,
 1 the database refused, 2 the file or the command is wrong.
@@ -27,6 +29,8 @@ from billing.adapters.postgres.transactions import PostgresTransactions
 from billing.domain.catalog import Catalog, CatalogChanges
 from billing.domain.money import format_usd
 from billing.services.catalog import CatalogImporter
+from vendorctl.cost_export import add_cost_export_parser, run_cost_export
+from vendorctl.estimates import add_estimates_parser, run_estimates
 
 EXIT_OK, EXIT_DATABASE, EXIT_INVALID = 0, 1, 2
 
@@ -139,6 +143,8 @@ def parser() -> argparse.ArgumentParser:
     exporting.add_argument("--format", choices=("yaml", "json"), default=None)
     offers = areas.add_parser("offers", help="offers at a glance")
     offers.add_subparsers(dest="action", required=True).add_parser("list", help="one line per offer")
+    add_cost_export_parser(areas)
+    add_estimates_parser(areas)
     return root
 
 
@@ -147,6 +153,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     if arguments.area == "catalog" and arguments.action == "export" and arguments.format is None:
         arguments.format = "json" if arguments.file and arguments.file.suffix == ".json" else "yaml"
     try:
+        if arguments.area == "cost-export":
+            return run_cost_export(arguments, out, err)
+        if arguments.area == "estimates":
+            return run_estimates(arguments, out)
         return _run(arguments, out)
     except CatalogFileError as exc:
         print(f"vendorctl: {exc}", file=err)

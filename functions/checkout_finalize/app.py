@@ -8,9 +8,11 @@ from billing.api.checkout_models import FinalizeBody, FinalizedResponse
 from billing.api.checkout_wiring import checkout_service
 from billing.api.http import build_app, http_handler
 from billing.api.openapi import problem_responses
+from billing.api.provisioning_wiring import provisioning_wait, resource_handoff
 
 app = build_app()
-checkout = checkout_service()
+# Finalize starts provisioning (async invoke) and waits a bounded time for it; never cloud-admin itself.
+checkout = checkout_service(provisioning=resource_handoff(kick=True), provisioning_wait=provisioning_wait())
 
 
 @app.post(

@@ -3,11 +3,13 @@
 from billing.adapters.postgres.transactions import PostgresTransactions
 from billing.api.http import bearer_key, build_app, http_handler
 from billing.api.openapi import BEARER_SECURITY, problem_responses
+from billing.api.provisioning_wiring import resource_handoff
 from billing.api.purchase_models import PurchaseResponse
 from billing.services.purchases import PurchaseReader
 
 app = build_app()
-purchases = PurchaseReader(PostgresTransactions())
+# The resource's status, and its credentials once (the first read after provisioning finished).
+purchases = PurchaseReader(PostgresTransactions(), resource_handoff())
 
 
 @app.get(
@@ -17,8 +19,7 @@ purchases = PurchaseReader(PostgresTransactions())
     security=BEARER_SECURITY,
 )
 def get_purchase(purchase_id: str) -> PurchaseResponse:
-    view = purchases.view_for_customer(purchase_id, bearer_key(app))
-    return PurchaseResponse.from_view(view)
+    return PurchaseResponse.from_details(purchases.details_for_customer(purchase_id, bearer_key(app)))
 
 
 lambda_handler = http_handler(app)

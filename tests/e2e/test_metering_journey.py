@@ -25,7 +25,11 @@ def test_authorize_then_capture_then_spend_to_suspension(local: Local) -> None:
     hold = held.json()
     assert (hold["held"], hold["replayed"]) == ("1.500000000", False)
     replay = _post(local, "/authorize", {"idempotency_key": "call-1", "amount": "1.500000000"})
-    assert (replay.status, replay.json()["hold_id"], replay.json()["replayed"]) == (201, hold["hold_id"], True)
+    assert (replay.status, replay.json()["hold_id"], replay.json()["replayed"]) == (
+        201,
+        hold["hold_id"],
+        True,
+    )
 
     conflict = _post(local, "/authorize", {"idempotency_key": "call-1", "amount": "2.000000000"})
     assert conflict.status == 409 and conflict.headers["Content-Type"] == "application/problem+json"

@@ -327,7 +327,11 @@ def test_finalize_sets_up_notifications_and_the_offer_grace_period(
 ) -> None:
     kit = checkout_kit
     created = kit.service.create_wallet(
-        OFFER, chain="devchain", token="USDC", min_target_nano=None, customer={"email": "pay@customer.example"}
+        OFFER,
+        chain="devchain",
+        token="USDC",
+        min_target_nano=None,
+        customer={"email": "pay@customer.example"},
     )
     kit.chain.pay(kit.usdc(), kit.payer, created.wallet.address, 20 * USDC)
     kit.chain.mine(3)
@@ -337,7 +341,8 @@ def test_finalize_sets_up_notifications_and_the_offer_grace_period(
 
     assert purchase.webhook_secret is not None and purchase.webhook_secret.startswith("whsec_")
     email, url, ciphertext, grace = db.execute(
-        "SELECT notify_email, webhook_url, webhook_secret_ciphertext, grace_period FROM purchases WHERE id = %s",
+        """SELECT notify_email, webhook_url, webhook_secret_ciphertext, grace_period
+             FROM purchases WHERE id = %s""",
         (UUID(purchase.purchase_id),),
     ).fetchone() or (None, None, None, None)
     assert (email, url, grace) == ("pay@customer.example", hook, timedelta(hours=24))  # gemini offer: 24 h

@@ -64,7 +64,11 @@ def test_a_retried_authorization_is_the_same_hold(db: psycopg.Connection[Any]) -
     first = service.authorize(str(purchase_id), vendor_key, SpendAuthorization("call-1", 30 * CENT))
     again = service.authorize(str(purchase_id), vendor_key, SpendAuthorization("call-1", 30 * CENT))
 
-    assert (again.hold_id, again.expires_at, again.receipt.replayed) == (first.hold_id, first.expires_at, True)
+    assert (again.hold_id, again.expires_at, again.receipt.replayed) == (
+        first.hold_id,
+        first.expires_at,
+        True,
+    )
     assert first.purchase.held_nano == again.purchase.held_nano == 30 * CENT
     with pytest.raises(IdempotencyConflict):
         service.authorize(str(purchase_id), vendor_key, SpendAuthorization("call-1", 31 * CENT))
@@ -99,7 +103,9 @@ def test_usage_against_a_lapsed_hold_is_still_charged(db: psycopg.Connection[Any
     hold = SpendAuthorizations(PostgresTransactions(lambda: db)).authorize(
         str(purchase_id), vendor_key, SpendAuthorization("call-1", 40 * CENT, ttl=timedelta(seconds=1))
     )
-    swept = PurchaseLifecycle(PostgresTransactions(lambda: db)).sweep(datetime.now(UTC) + timedelta(minutes=1))
+    swept = PurchaseLifecycle(PostgresTransactions(lambda: db)).sweep(
+        datetime.now(UTC) + timedelta(minutes=1)
+    )
     assert swept["holds_expired"] == 1
 
     outcome = MeteringService(PostgresTransactions(lambda: db)).meter(
@@ -123,7 +129,9 @@ def test_an_unknown_hold_refuses_the_event_and_changes_nothing(db: psycopg.Conne
     for hold_id in (uuid4(), foreign.hold_id):
         with pytest.raises(InvalidRequest):
             metering.meter(
-                str(purchase_id), vendor_key, [UsageEvent("x", Decimal(1), "call", cost_nano=CENT, hold_id=hold_id)]
+                str(purchase_id),
+                vendor_key,
+                [UsageEvent("x", Decimal(1), "call", cost_nano=CENT, hold_id=hold_id)],
             )
 
     assert assert_ledger_invariants(db, purchase_id) == (100 * CENT, 0)

@@ -33,7 +33,9 @@ MARGIN = hysteresis_nano(TRIGGERS)  # 0.50 USD
 NOTIFY_KINDS = ("notify.email", "notify.webhook", "officex.status")
 
 
-def _purchase(db: psycopg.Connection[Any], *, opening_usd: int, grace: timedelta = timedelta(hours=72)) -> UUID:
+def _purchase(
+    db: psycopg.Connection[Any], *, opening_usd: int, grace: timedelta = timedelta(hours=72)
+) -> UUID:
     """A purchase with every notification channel configured and ``opening_usd`` credited."""
     purchase_id, _, _ = new_purchase(
         db, triggers=TRIGGERS, grace_period=grace, notify_email="ops@customer.example"
@@ -41,7 +43,8 @@ def _purchase(db: psycopg.Connection[Any], *, opening_usd: int, grace: timedelta
     db.execute(
         """UPDATE purchases SET webhook_url = 'https://hooks.customer.example/billing',
                   webhook_secret_ciphertext = '\\x00', customer_org_endpoint = 'https://org.officex.example',
-                  customer_org_id = 'org_1', officex_purchase_id = 'px_1'
+                  customer_org_id = 'org_1', officex_purchase_id = 'px_1',
+                  customer_org_api_key_ciphertext = '\\x00'
             WHERE id = %s""",
         (purchase_id,),
     )
@@ -66,7 +69,8 @@ def _status(db: psycopg.Connection[Any], purchase_id: UUID) -> str:
 
 def _transitions(db: psycopg.Connection[Any], purchase_id: UUID, kind: str) -> list[tuple[str, str]]:
     rows = db.execute(
-        "SELECT payload->>'from', payload->>'to' FROM outbox WHERE purchase_id = %s AND kind = %s ORDER BY id",
+        """SELECT payload->>'from', payload->>'to' FROM outbox
+            WHERE purchase_id = %s AND kind = %s ORDER BY id""",
         (purchase_id, kind),
     ).fetchall()
     return [(row[0], row[1]) for row in rows]
@@ -155,7 +159,8 @@ def test_each_crossing_writes_one_notification_per_channel(db: psycopg.Connectio
     assert _transitions(db, purchase_id, "resource.resume") == [("suspended", "active")]
     assert db.execute("SELECT grace_until FROM purchases WHERE id = %s", (purchase_id,)).fetchone() == (None,)
     payload = db.execute(
-        "SELECT payload FROM outbox WHERE purchase_id = %s AND kind = 'notify.email' ORDER BY id DESC LIMIT 1",
+        """SELECT payload FROM outbox WHERE purchase_id = %s AND kind = 'notify.email'
+            ORDER BY id DESC LIMIT 1""",
         (purchase_id,),
     ).fetchone()
     assert payload is not None
@@ -285,3 +290,30 @@ def test_the_sweep_corrects_statuses_the_trigger_did_not_see(db: psycopg.Connect
     assert outcome["statuses_corrected"] == 1
     assert _status(db, purchase_id) == "critical"
     assert _transitions(db, purchase_id, "notify.email") == [("active", "critical")]
+
+
+def test_a_top_up_awaiting_confirmations_holds_termination_back(db: psycopg.Connection[Any]) -> None:
+    purchase_id = _purchase(db, opening_usd=1, grace=timedelta(hours=1))
+    wallet_id = uuid4()
+    db.execute(
+        """INSERT INTO checkout_wallets (id, offer_id, chain, chain_id, token, token_address, address,
+                                         hd_index, min_target_balance_nano, status, expires_at, purchase_id)
+           SELECT %s, offer_id, 'base', 8453, 'USDC', '0xtoken', '0xdeposit', 7, 1, 'finalized', now(), id
+             FROM purchases WHERE id = %s""",
+        (wallet_id, purchase_id),
+    )
+    db.execute("UPDATE purchases SET wallet_id = %s WHERE id = %s", (wallet_id, purchase_id))
+    db.execute(
+        """INSERT INTO deposits (chain_id, tx_hash, log_index, wallet_id, token_address, sender, amount_units,
+                                 amount_nano, block_number, state)
+           VALUES (8453, '0xabc', 0, %s, '0xtoken', '0xpayer', 20000000, %s, 100, 'seen')""",
+        (wallet_id, 20 * USD),
+    )
+    lifecycle = PurchaseLifecycle(PostgresTransactions(lambda: db))
+    later = datetime.now(UTC) + timedelta(hours=2)
+
+    assert lifecycle.sweep(later)["purchases_terminated"] == 0  # $20 on its way would restore it
+    assert _status(db, purchase_id) == "suspended"
+
+    db.execute("UPDATE deposits SET state = 'reorged' WHERE wallet_id = %s", (wallet_id,))
+    assert lifecycle.sweep(later)["purchases_terminated"] == 1

@@ -16,7 +16,10 @@ from typing import Any
 
 import pytest
 
+from billing.services.notifications import OutboxDispatchInput
+from billing.services.provisioning import ProvisionerInput
 from billing.services.sweeps import SweepInput
+from billing.services.usage_estimator import UsageEstimatorInput
 from local.template import load_cfn_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +47,15 @@ HTTP_ROUTES: dict[str, tuple[str, str]] = {
     "verify_topup": ("POST", "/purchase/{purchase_id}/verify-topup"),
     "historical_billing": ("POST", "/purchase/{purchase_id}/historical-billing"),
 }
-NON_HTTP_FOLDERS = {"cost_export", "sweep", "chain_sweep", "migrate"}
+NON_HTTP_FOLDERS = {
+    "cost_export",
+    "sweep",
+    "chain_sweep",
+    "migrate",
+    "outbox_dispatch",
+    "provisioner",
+    "usage_estimator",
+}
 # Functions that never touch the database get no Secrets Manager access.
 NO_DB_FOLDERS = {"openapi"}
 
@@ -238,6 +249,25 @@ def test_shared_layer_is_built_for_python312_arm64(template: dict[str, Any]) -> 
     assert (REPO_ROOT / "layers" / "shared" / "requirements.txt").is_file()
 
 
+def test_duckdb_layer_is_attached_to_the_cost_export_function_only(template: dict[str, Any]) -> None:
+    layer = template["Resources"]["CostExportLayer"]
+    assert layer["Type"] == "AWS::Serverless::LayerVersion"
+    assert layer["Properties"]["ContentUri"] == "layers/cost_export/"
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"]
+    assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    assert layer["Metadata"] == {"BuildMethod": "python3.12", "BuildArchitecture": "arm64"}
+    with_layer = {
+        logical_id
+        for logical_id, props in _functions(template).items()
+        if {"Ref": "CostExportLayer"} in props.get("Layers", [])
+    }
+    assert with_layer == {"CostExportFunction"}
+    # One pin, used by the layer build and by the dev venv alike.
+    pins = (REPO_ROOT / "layers" / "cost_export" / "requirements.txt").read_text().split()
+    assert len([pin for pin in pins if pin.startswith("duckdb==")]) == 1
+    assert "-r layers/cost_export/requirements.txt" in (REPO_ROOT / "requirements-dev.txt").read_text()
+
+
 # ------------------------------------------------------- schedules & cost export
 def test_schedules_have_explicit_names_and_known_jobs(template: dict[str, Any]) -> None:
     schedules: dict[str, dict[str, Any]] = {}
@@ -248,6 +278,9 @@ def test_schedules_have_explicit_names_and_known_jobs(template: dict[str, Any]) 
         "SweepMaintenance",
         "SweepDepositsBase",
         "ChainSweepBase",
+        "OutboxDispatch",
+        "Provisioner",
+        "UsageEstimator",
     }
     for name, props in schedules.items():
         assert "Fn::Sub" in props["Name"] and "${AWS::StackName}" in props["Name"]["Fn::Sub"], name
@@ -261,6 +294,12 @@ def test_schedules_have_explicit_names_and_known_jobs(template: dict[str, Any]) 
     assert _functions(template)["SweepFunction"]["CodeUri"] == "functions/sweep/"
     assert json.loads(schedules["ChainSweepBase"]["Input"]) == {"chain": "base"}
     assert _functions(template)["ChainSweepFunction"]["CodeUri"] == "functions/chain_sweep/"
+    OutboxDispatchInput.model_validate_json(schedules["OutboxDispatch"]["Input"])
+    assert schedules["OutboxDispatch"]["ScheduleExpression"] == "rate(1 minute)"
+    ProvisionerInput.model_validate_json(schedules["Provisioner"]["Input"])
+    assert schedules["Provisioner"]["ScheduleExpression"] == "rate(1 minute)"
+    UsageEstimatorInput.model_validate_json(schedules["UsageEstimator"]["Input"])
+    assert schedules["UsageEstimator"]["ScheduleExpression"] == "rate(15 minutes)"
 
 
 def test_cost_export_triggers_on_manifest_objects(template: dict[str, Any]) -> None:
@@ -320,8 +359,106 @@ def test_least_privilege_policies(template: dict[str, Any]) -> None:
                 {"AWSSecretsManagerGetSecretValuePolicy": {"SecretArn": {"Ref": "HdSeedSecretArn"}}},
                 {"AWSSecretsManagerGetSecretValuePolicy": {"SecretArn": {"Ref": "TreasuryKeySecretArn"}}},
             ], logical_id
+        elif folder == "outbox_dispatch":  # decrypts webhook secrets / org keys, sends from one identity
+            assert extra[0] == {"KMSDecryptPolicy": {"KeyId": {"Ref": "AppKmsKeyId"}}}, logical_id
+            (statement,) = extra[1]["Statement"]
+            assert statement["Action"] == "ses:SendEmail", logical_id
+            assert all("identity/" in str(resource) for resource in statement["Resource"]), logical_id
+            assert len(extra) == 2, logical_id
+        elif folder == "checkout_finalize":  # encrypts the org key, webhook secret and replay answer
+            assert extra == [
+                {"KMSEncryptPolicy": {"KeyId": {"Ref": "AppKmsKeyId"}}},
+                {"KMSDecryptPolicy": {"KeyId": {"Ref": "AppKmsKeyId"}}},
+                # starts the provisioner; never cloud-admin itself
+                {"LambdaInvokePolicy": {"FunctionName": {"Ref": "ProvisionerFunction"}}},
+            ], logical_id
+            assert props["Environment"]["Variables"]["KMS_KEY_ID"] == {"Ref": "AppKmsKeyId"}
+        elif folder == "purchase_get":  # decrypts the resource's one-time credentials
+            assert extra == [{"KMSDecryptPolicy": {"KeyId": {"Ref": "AppKmsKeyId"}}}], logical_id
+        elif folder == "usage_estimator":  # reads metrics only; GetMetricData has no resource scoping
+            (statement,) = extra[0]["Statement"]
+            assert statement["Action"] == "cloudwatch:GetMetricData", logical_id
+            assert len(extra) == 1, logical_id
+        elif folder == "provisioner":  # checked in detail by test_provisioner_policy_is_scoped
+            assert extra[0] == {"KMSEncryptPolicy": {"KeyId": {"Ref": "AppKmsKeyId"}}}, logical_id
+            assert [next(iter(p)) for p in extra] == ["KMSEncryptPolicy", "Statement"], logical_id
         else:
             assert extra == [], logical_id
+
+
+def _provisioner_statements(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    policies = _functions(template)["ProvisionerFunction"]["Policies"]
+    (statements,) = [policy["Statement"] for policy in policies if "Statement" in policy]
+    return {statement["Sid"]: statement for statement in statements}
+
+
+def _sub_prefix(resource: Any) -> tuple[str, Any]:
+    """(pattern, prefix expression) of ``!Sub ["arn:…:::${Prefix}-*", {Prefix: …}]``."""
+    pattern, variables = resource["Fn::Sub"]
+    return pattern, variables["Prefix"]
+
+
+def test_provisioner_policy_is_scoped_to_prefixed_buckets_and_bounded_users(template: dict[str, Any]) -> None:
+    statements = _provisioner_statements(template)
+    assert set(statements) == {
+        "ManageProvisionedBuckets",
+        "EmptyProvisionedBuckets",
+        "CreateBoundedUsers",
+        "ManageProvisionedUsers",
+        "ReadGoogleServiceAccountKey",
+    }
+    google = statements["ReadGoogleServiceAccountKey"]
+    assert google["Action"] == "secretsmanager:GetSecretValue"
+    assert google["Resource"]["Fn::If"][:2] == [
+        "HasGoogleServiceAccountSecret",
+        {"Ref": "GoogleServiceAccountSecretArn"},
+    ]
+    prefix = _functions(template)["ProvisionerFunction"]["Environment"]["Variables"][
+        "PROVISIONED_BUCKET_PREFIX"
+    ]
+    for sid, suffix in (("ManageProvisionedBuckets", "-*"), ("EmptyProvisionedBuckets", "-*/*")):
+        pattern, expression = _sub_prefix(statements[sid]["Resource"])
+        assert pattern == "arn:${AWS::Partition}:s3:::${Prefix}" + suffix, sid
+        assert expression == prefix, f"{sid}: the bucket prefix must be the function's own"
+        assert all(action.startswith("s3:") for action in statements[sid]["Action"]), sid
+    users = "arn:${AWS::Partition}:iam::${AWS::AccountId}:user/officex-billing/${AWS::StackName}/*"
+    for sid in ("CreateBoundedUsers", "ManageProvisionedUsers"):
+        assert statements[sid]["Resource"] == {"Fn::Sub": users}, sid
+        assert all(action.startswith("iam:") for action in statements[sid]["Action"]), sid
+    # A user can only be created, or given a policy, with the boundary attached.
+    assert set(statements["CreateBoundedUsers"]["Action"]) == {
+        "iam:CreateUser",
+        "iam:PutUserPolicy",
+        "iam:DeleteUserPolicy",
+    }
+    assert statements["CreateBoundedUsers"]["Condition"] == {
+        "StringEquals": {"iam:PermissionsBoundary": {"Ref": "ProvisionedUserBoundary"}}
+    }
+    assert not {"iam:CreateUser", "iam:PutUserPolicy", "iam:AttachUserPolicy"} & set(
+        statements["ManageProvisionedUsers"]["Action"]
+    )
+    variables = _functions(template)["ProvisionerFunction"]["Environment"]["Variables"]
+    assert variables["PROVISIONED_IAM_PATH"] == {"Fn::Sub": "/officex-billing/${AWS::StackName}/"}
+    assert variables["PROVISIONED_USER_BOUNDARY_ARN"] == {"Ref": "ProvisionedUserBoundary"}
+    # The boundary itself allows only the customer's object access to prefixed buckets.
+    boundary = template["Resources"]["ProvisionedUserBoundary"]
+    assert boundary["Type"] == "AWS::IAM::ManagedPolicy"
+    for statement in boundary["Properties"]["PolicyDocument"]["Statement"]:
+        assert statement["Effect"] == "Allow"
+        assert all(action.startswith("s3:") for action in statement["Action"])
+        assert _sub_prefix(statement["Resource"])[1] == prefix
+
+
+def test_finalize_may_only_start_the_provisioner(template: dict[str, Any]) -> None:
+    finalize = _functions(template)["CheckoutFinalizeFunction"]
+    variables = finalize["Environment"]["Variables"]
+    assert variables["PROVISIONER_FUNCTION_NAME"] == {"Ref": "ProvisionerFunction"}
+    assert 0 < float(variables["PROVISIONING_WAIT_S"]) <= 10
+    assert float(variables["PROVISIONING_WAIT_S"]) + 10 < finalize["Timeout"] < 30  # HTTP API: 30 s
+    provisioner = _functions(template)["ProvisionerFunction"]
+    assert not _events_of_type(provisioner, "HttpApi")
+    # No cycle: the provisioner must not reference the HTTP API (finalize is one of its routes).
+    assert "HttpApi" not in json.dumps(provisioner)
 
 
 def test_no_allow_statement_grants_wildcard_actions(template: dict[str, Any]) -> None:

@@ -196,7 +196,16 @@ class FinalizedResponse(ResponseModel):
     deposit_address: str = Field(description="Top up by sending to the same address")
     chain: str
     token: str
-    resource: dict[str, Any]
+    resource: dict[str, Any] = Field(
+        description=(
+            "The purchase's resource; status provisioning means it is still being made: its "
+            "credentials then come once with the next GET /purchase/{purchase_id}"
+        )
+    )
+    resource_credentials: dict[str, str] | None = Field(
+        default=None,
+        description="Shown once when the resource was ready in time (e.g. the bucket's access key)",
+    )
     webhook_secret: str | None = Field(
         default=None,
         description="Shown once when webhook_url was given: signs the webhooks (docs/notifications.md)",
@@ -217,6 +226,7 @@ class FinalizedResponse(ResponseModel):
             chain=purchase.chain,
             token=purchase.token,
             resource=purchase.resource,
+            resource_credentials=purchase.resource_credentials,
             webhook_secret=purchase.webhook_secret,
         )
 

@@ -11,6 +11,7 @@ from billing.domain.chains import chain_registry
 from billing.domain.errors import DependencyUnavailable
 from billing.services.checkout import CheckoutPolicy, CheckoutService
 from billing.services.ports import DepositAddresses, SecretBox
+from billing.services.provisioning import ProvisioningHandoff
 from billing.settings import get_checkout_settings
 
 
@@ -34,7 +35,10 @@ def _secret_box() -> SecretBox:
     return KmsSecretBox(key_id)
 
 
-def checkout_service() -> CheckoutService:
+def checkout_service(
+    *, provisioning: ProvisioningHandoff | None = None, provisioning_wait: timedelta = timedelta(0)
+) -> CheckoutService:
+    """With ``provisioning``, finalize waits up to ``provisioning_wait`` for the resource."""
     settings = get_checkout_settings()
     return CheckoutService(
         PostgresTransactions(),
@@ -43,6 +47,9 @@ def checkout_service() -> CheckoutService:
         secrets=_secret_box,
         registry=chain_registry,
         policy=CheckoutPolicy(
-            wallet_ttl=timedelta(hours=settings.wallet_ttl_hours), allow_dev_chains=settings.allow_dev_chains
+            wallet_ttl=timedelta(hours=settings.wallet_ttl_hours),
+            allow_dev_chains=settings.allow_dev_chains,
+            provisioning_wait=provisioning_wait,
         ),
+        provisioning=provisioning,
     )

@@ -6,6 +6,9 @@ registers its single route, and exposes ``lambda_handler = http_handler(app)``.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, cast
@@ -38,15 +41,42 @@ def _body_size(event: dict[str, Any]) -> int:
     return size * 3 // 4 if event.get("isBase64Encoded") else size
 
 
-def _refusal(status: HTTPStatus, title: str, detail: str) -> dict[str, Any]:
+def _refusal(
+    status: HTTPStatus, title: str, detail: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A problem answered before the resolver runs (the body is never parsed)."""
     logger.info("request refused", extra={"problem": title, "detail": detail})
     return {
         "statusCode": int(status),
         "headers": {"Content-Type": PROBLEM_CONTENT_TYPE},
-        "body": problem_body(status, title, detail),
+        "body": problem_body(status, title, detail, extra),
         "isBase64Encoded": False,
     }
+
+
+def _unreadable_body(event: dict[str, Any]) -> dict[str, Any] | None:
+    """Why the body cannot be a request body of this API, checked before the resolver sees it.
+
+    JSON is UTF-8 (RFC 8259): API Gateway base64-encodes other bytes, and Powertools fails on them.
+    Every body of this API is a JSON object: Powertools would take the first item of an array for the
+    body model (it unwraps lists, as for repeated query parameters), so ``[{…}, …]`` must be refused here.
+    Malformed JSON is left to the resolver (422 json_invalid).
+    """
+    body = event.get("body")
+    if not body:
+        return None
+    if event.get("isBase64Encoded"):
+        try:
+            body = base64.b64decode(body, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return {"loc": ["body"], "msg": "JSON must be UTF-8", "type": "json_invalid"}
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return {"loc": ["body"], "msg": "the body must be a JSON object", "type": "model_attributes_type"}
+    return None
 
 
 def _not_json(event: dict[str, Any]) -> bool:
@@ -77,6 +107,13 @@ def http_handler(app: APIGatewayHttpResolver) -> LambdaHandler:
                 HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                 "Unsupported media type",
                 "send the body as JSON with 'Content-Type: application/json'",
+            )
+        elif (issue := _unreadable_body(event)) is not None:
+            response = _refusal(
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                "Validation failed",
+                "the request does not match the API contract",
+                {"errors": [issue]},
             )
         else:
             response = app.resolve(event, context)

@@ -16,7 +16,7 @@ from billing.domain.purchase import PurchaseStatus
 from billing.services.metering import GeminiCall, MeteringOutcome, UsageEvent
 
 MAX_BATCH = 100
-Quantity = Annotated[str, StringConstraints(pattern=r"^\d{1,18}(\.\d{1,9})?$")]
+Quantity = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}(\.[0-9]{1,9})?$")]  # ASCII digits only
 MetadataValue = str | int | bool | None
 
 
@@ -113,7 +113,11 @@ class MeterUsageResponse(ResponseModel):
             held=purchase.held_nano,
             available=purchase.balance_nano - purchase.held_nano,
             charged=sum(event.cost_nano for event in outcome.events),
-            events=[MeteredEventView.model_construct(**vars(event)) for event in outcome.events],
+            # cost_nano is the view's cost: named explicitly, or pydantic drops it without a word
+            events=[
+                MeteredEventView.model_construct(**vars(event), cost=event.cost_nano)
+                for event in outcome.events
+            ],
             checked_at=checked_at,
         )
 

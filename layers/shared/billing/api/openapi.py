@@ -19,7 +19,8 @@ _DESCRIPTIONS = {
     402: "Insufficient funds or unpaid checkout",
     404: "Not found",
     409: "Conflict (idempotency key reused, or wrong state)",
-    413: "Body too large",
+    413: "Body too large (over MAX_BODY_BYTES, 64 KiB)",
+    415: "Body not declared as JSON",
     422: "Validation failed",
     500: "Unexpected error (quote X-Request-Id)",
     501: "Not built yet on this server",
@@ -27,8 +28,9 @@ _DESCRIPTIONS = {
 }
 
 
-#: Every route can answer these (validation runs on every route; bugs happen).
-_ALWAYS = (422, 500)
+#: Every route can answer these: the body checks (size, media type) and validation run on every route;
+#: bugs happen.
+_ALWAYS = (413, 415, 422, 500)
 
 #: For routes that need a customer or vendor key.
 BEARER_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
@@ -36,7 +38,7 @@ BEARER_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 def problem_responses(*statuses: int, success: int | None = 200) -> dict[int, OpenAPIResponse]:
     """A route's documented responses: ``success`` (its schema comes from the return type)
-    plus problem+json for ``statuses`` and for 422 and 500, which every route can answer.
+    plus problem+json for ``statuses`` and for 413, 415, 422 and 500, which every route can answer.
     """
     responses: dict[int, OpenAPIResponse] = {
         status: {

@@ -11,6 +11,7 @@ from pydantic import Field
 from billing.api.models import ResponseModel
 from billing.domain.money import SignedUsdAmount, UsdAmount
 from billing.domain.purchase import PurchaseStatus, PurchaseView
+from billing.services.purchases import PurchaseDetails
 
 
 class TriggersBody(ResponseModel):
@@ -34,12 +35,30 @@ class PurchaseResponse(ResponseModel):
     available: SignedUsdAmount
     triggers: TriggersBody
     deposit: DepositAddress | None
-    resource: dict[str, Any]
+    resource: dict[str, Any] = Field(
+        description=(
+            "The purchase's resource: kind, status (provisioning, active, suspended, deleted), name, "
+            "region, endpoint, … and where its credentials are (pending: the next read shows them; shown)"
+        )
+    )
+    resource_credentials: dict[str, str] | None = Field(
+        default=None,
+        description=(
+            "Shown once, by the first read after provisioning finished (e.g. the bucket's access key "
+            "id and secret): keep them. Absent afterwards"
+        ),
+    )
     grace_until: datetime | None = Field(
         description="While suspended: when the resources are deleted unless the balance is topped up"
     )
     created_at: datetime
     updated_at: datetime
+
+    @classmethod
+    def from_details(cls, details: PurchaseDetails) -> PurchaseResponse:
+        response = cls.from_view(details.view)
+        response.resource_credentials = details.resource_credentials
+        return response
 
     @classmethod
     def from_view(cls, view: PurchaseView) -> PurchaseResponse:
@@ -62,6 +81,7 @@ class PurchaseResponse(ResponseModel):
             ),
             deposit=deposit,
             resource=view.resource,
+            resource_credentials=None,
             grace_until=view.grace_until,
             created_at=view.created_at,
             updated_at=view.updated_at,

@@ -30,6 +30,8 @@ class EntryKind(StrEnum):
     RELEASE = "release"
     ADJUSTMENT = "adjustment"
     REVERSAL = "reversal"
+    #: a provisional usage charge (S3 from CloudWatch metrics), reversed when the cost export bills it
+    ESTIMATE = "estimate"
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,36 @@ def debit(
         kind=EntryKind.USAGE,
         amount_nano=-amount,
         required_available_nano=amount if require_available else None,
+        source=source,
+        meter=meter,
+        quantity=quantity,
+        unit=unit,
+        metadata=metadata or {},
+    )
+
+
+def estimate(
+    purchase_id: UUID,
+    amount_nano: int,
+    idempotency_key: str,
+    *,
+    source: str = "usage-estimator",
+    meter: str | None = None,
+    quantity: str | None = None,
+    unit: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> LedgerOperation:
+    """Money out for usage estimated before its bill arrives; recorded even if it overdraws.
+
+    A debit like :func:`debit` without funds check (the usage already happened), of kind
+    ``estimate`` so reports can tell provisional charges from billed ones.
+    """
+    amount = check_amount_nano(amount_nano, allow_zero=False)
+    return LedgerOperation(
+        purchase_id=purchase_id,
+        idempotency_key=_check_key(idempotency_key),
+        kind=EntryKind.ESTIMATE,
+        amount_nano=-amount,
         source=source,
         meter=meter,
         quantity=quantity,

@@ -22,7 +22,7 @@ NANO_DECIMALS = 9
 #: BIGINT nano-USD (max ~9.22e9 USD), so sums of a few such amounts still fit.
 MAX_AMOUNT_NANO = 1_000_000_000 * NANO_PER_USD
 
-_DECIMAL_STRING = re.compile(r"^[+-]?(\d+)(\.(\d+))?$")
+_DECIMAL_STRING = re.compile(r"^[+-]?([0-9]+)(\.([0-9]+))?$")  # ASCII digits: \d also matches "１"
 
 
 def parse_usd(text: object, *, allow_negative: bool = False, allow_zero: bool = True) -> int:
@@ -79,7 +79,7 @@ def round_usd_to_nano(amount_usd: Decimal) -> int:
 
 # Pydantic field types for models at every boundary (API bodies, catalog files).
 _USD_EXAMPLE = "12.500000000"
-_USD_PATTERN = r"^-?\d{1,12}(\.\d{1,9})?$"
+_USD_PATTERN = r"^-?[0-9]{1,12}(\.[0-9]{1,9})?$"
 
 
 def _usd_parser(*, allow_negative: bool, allow_zero: bool) -> BeforeValidator:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID, uuid4
@@ -41,6 +41,7 @@ from billing.domain.checkout import (
 )
 from billing.domain.deposits import nano_to_units
 from billing.domain.errors import (
+    DependencyUnavailable,
     IdempotencyConflict,
     InsufficientFunds,
     InvalidRequest,
@@ -53,6 +54,7 @@ from billing.domain.payment_uri import eip681_token_transfer_uri
 from billing.domain.purchase import NewPurchase, PurchaseView, Triggers
 from billing.services.ledger import apply_in
 from billing.services.ports import ChainReader, DepositAddresses, SecretBox, Transactions, UnitOfWork
+from billing.services.provisioning import ProvisioningHandoff, ResourceDelivery
 from billing.services.purchases import authenticate_in
 
 logger = Logger(child=True)
@@ -67,6 +69,9 @@ class CheckoutPolicy:
     wallet_ttl: timedelta = timedelta(hours=24)
     #: In-process / test chains are refused unless the operator allows them (local runner only).
     allow_dev_chains: bool = False
+    #: How long finalize waits for the purchase's resource (docs/provisioning.md); the answer says
+    #: ``"status": "provisioning"`` when it is not ready by then.
+    provisioning_wait: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,8 @@ class FinalizedPurchase:
     resource: dict[str, Any]
     webhook_secret: str | None = None
     replayed: bool = False
+    #: The resource's credentials (e.g. the bucket's access key), when they were ready in time.
+    resource_credentials: dict[str, str] | None = None
 
 
 class CheckoutService:
@@ -162,7 +169,9 @@ class CheckoutService:
         registry: Callable[[], ChainRegistry],
         policy: CheckoutPolicy = CheckoutPolicy(),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        provisioning: ProvisioningHandoff | None = None,
     ) -> None:
+        self._provisioning = provisioning
         self._transactions = transactions
         self._chains = chains
         self._addresses = addresses
@@ -327,7 +336,44 @@ class CheckoutService:
                 unit.checkout.store_finalize_replay(wallet.id, idempotency_key, fingerprint, ciphertext)
             return purchase
 
-        return self._transactions.run(finalize)
+        purchase = self._transactions.run(finalize)
+        return self._with_resource(purchase, wallet.id, idempotency_key, replay_context)
+
+    def _with_resource(
+        self,
+        purchase: FinalizedPurchase,
+        wallet_id: UUID,
+        idempotency_key: str | None,
+        replay_context: dict[str, str],
+    ) -> FinalizedPurchase:
+        """The resource as it is after a bounded wait, with its credentials if they are shown now.
+
+        Runs after the purchase committed: nothing here can undo it. A new purchase waits up
+        to ``provisioning_wait``; a replay only looks. Credentials shown here are wiped from
+        the resource and kept in the (encrypted) replay, so a retry with the same
+        Idempotency-Key gets them again, as it gets the API keys.
+        """
+        if self._provisioning is None:
+            return purchase
+        wait = timedelta(0) if purchase.replayed else self._policy.provisioning_wait
+        try:
+            delivery = self._provisioning.deliver(UUID(purchase.purchase_id), wait=wait)
+        except DependencyUnavailable as error:
+            logger.warning("resource status unavailable after finalize", extra={"reason": error.detail})
+            return purchase
+        updated = _merge_delivery(purchase, delivery)
+        if idempotency_key and delivery.credentials:
+            stored = replace(updated, replayed=False)
+            try:
+                ciphertext = self._secrets().encrypt(json.dumps(vars(stored)), replay_context)
+                self._transactions.run_single_write(
+                    lambda unit: unit.provisioning.store_finalize_replay(
+                        wallet_id, idempotency_key, ciphertext
+                    )
+                )
+            except DependencyUnavailable as error:  # the answer still carries them: never lose them here
+                logger.warning("finalize replay kept without credentials", extra={"reason": error.detail})
+        return updated
 
     def _create_purchase(
         self, unit: UnitOfWork, wallet: Wallet, request: FinalizeRequest
@@ -382,6 +428,22 @@ class CheckoutService:
         )
         _credit_confirmed(unit, wallet, purchase_id)
         unit.checkout.attach_purchase(wallet.id, purchase_id)
+        # Provisioning's work (docs/provisioning.md) and the customer's OfficeX record, in the same
+        # transaction as the purchase: both happen, or neither does.
+        unit.provisioning.enqueue(
+            purchase_id,
+            "resource.provision",
+            f"provision:{purchase_id}",
+            {
+                "event": "resource.provision",
+                "purchase_id": str(purchase_id),
+                "offer_id": offer.id,
+                "kind": offer.kind.value,
+            },
+        )
+        unit.provisioning.enqueue_officex_refresh(
+            purchase_id, "purchase.created", f"created:{purchase_id}:officex.status"
+        )
         view = unit.purchases.view(purchase_id)
         assert view is not None
         return FinalizedPurchase(
@@ -454,3 +516,9 @@ def _credit_confirmed(unit: UnitOfWork, wallet: Wallet, purchase_id: UUID) -> li
         unit.checkout.mark_credited(wallet.chain_id, deposit, purchase_id, receipt.entry_id)
         credited.append(deposit)
     return credited
+
+
+def _merge_delivery(purchase: FinalizedPurchase, delivery: ResourceDelivery) -> FinalizedPurchase:
+    resource = delivery.resource or purchase.resource
+    credentials = delivery.credentials or purchase.resource_credentials
+    return replace(purchase, resource=resource, resource_credentials=credentials)

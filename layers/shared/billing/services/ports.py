@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
-from billing.domain.catalog import AppstoreList, Catalog, Offer
+from billing.domain.billing_history import BillingPeriod, LedgerHistory
+from billing.domain.catalog import AppstoreList, Catalog, Offer, OfferKind
 from billing.domain.checkout import DepositChange, RecordedDeposit, Wallet, WalletStatus
+from billing.domain.cost_export import BucketDayCost, ChargeKind, Delivery, UnattributedCost
+from billing.domain.cost_export_charging import (
+    ChargeChange,
+    ChargeRecord,
+    ChargeTotals,
+    DeliveryRecord,
+    DeliveryStatus,
+    RecordedDelivery,
+)
 from billing.domain.deposits import ObservedTransfer
 from billing.domain.ledger import Funds, HoldState, LedgerOperation, LedgerReceipt
+from billing.domain.notifications import EmailMessage, OutboxMessage
+from billing.domain.provisioning import (
+    PurchaseFacts,
+    ResourceAction,
+    ResourceJob,
+    ResourceRecord,
+    ResourceStatus,
+    StatementRows,
+    StatementTotals,
+)
 from billing.domain.purchase import NewPurchase, PurchaseCredentials, PurchaseView
+from billing.domain.usage_estimates import BucketRef, EstimateState, SettledEstimate, UnsettledEstimate
 
 T = TypeVar("T")
 
@@ -106,6 +128,126 @@ class UsageStore(Protocol):
     ) -> None: ...
 
 
+class HistoryStore(Protocol):
+    """Ledger sums per time bucket, for historical billing (read only)."""
+
+    def ledger_history(
+        self, purchase_id: UUID, period: BillingPeriod, *, by_meter: bool
+    ) -> LedgerHistory: ...
+
+
+class CostExportStore(Protocol):
+    """Cost-export deliveries, what was billed per charge key, attribution and staging."""
+
+    def begin_delivery(self, delivery: Delivery) -> RecordedDelivery: ...
+    def find_delivery(self, delivery: Delivery) -> RecordedDelivery | None: ...
+    def newer_applied_delivery(self, delivery: Delivery) -> int | None: ...
+    def lock_billing_period(self, report_name: str, billing_period: date) -> None: ...
+    def delivery_status(self, record_id: int) -> DeliveryStatus: ...
+    def mark_superseded(self, record_id: int, superseded_by: int) -> None: ...
+    def mark_failed(
+        self, record_id: int, reason: str, *, rows_read: int | None = None, s3_rows: int | None = None
+    ) -> None: ...
+    def note_interrupted(self, record_id: int, reason: str) -> None: ...
+    def mark_applied(
+        self,
+        record_id: int,
+        *,
+        rows_read: int,
+        s3_rows: int,
+        staged_keys: int,
+        totals: ChargeTotals,
+        unattributed: list[dict[str, Any]],
+    ) -> None: ...
+    def recent_deliveries(self, limit: int) -> list[DeliveryRecord]: ...
+    def stage_costs(
+        self, attempt: UUID, costs: Iterable[BucketDayCost], progress: Callable[[int], None] | None = None
+    ) -> int: ...
+    def staged_count(self, attempt: UUID) -> int: ...
+    def drop_staged(self, attempt: UUID) -> None: ...
+    def drop_stale_staged(self, older_than: timedelta) -> int: ...
+    def attribute_staged(self, attempt: UUID) -> None: ...
+    def unattributed_summary(
+        self, attempt: UUID, *, top_buckets: int = 20
+    ) -> tuple[list[UnattributedCost], list[tuple[str, Decimal]]]: ...
+    def charge_changes(
+        self, attempt: UUID, report_name: str, billing_period: date
+    ) -> Iterator[ChargeChange]: ...
+    def record_charges(
+        self, records: Sequence[ChargeRecord], *, report_name: str, billing_period: date, record_id: int
+    ) -> None: ...
+
+
+class ProvisioningStore(Protocol):
+    """The resource.* work queue, resources, their step log and one-time credentials."""
+
+    def enqueue(self, purchase_id: UUID, kind: str, dedupe_key: str, payload: dict[str, Any]) -> bool: ...
+    def enqueue_officex_refresh(self, purchase_id: UUID, event: str, dedupe_key: str) -> bool: ...
+    def claim_jobs(
+        self, kinds: Sequence[str], limit: int, lease: timedelta, purchase_id: UUID | None = None
+    ) -> list[ResourceJob]: ...
+    def settle_skipped(self, job: ResourceJob, reason: str) -> bool: ...
+    def reschedule(
+        self, job: ResourceJob, delay: timedelta, error: str, *, count_attempt: bool = True
+    ) -> bool: ...
+    def release(self, job: ResourceJob) -> bool: ...
+    def purchase_facts(self, purchase_id: UUID) -> PurchaseFacts | None: ...
+    def rescue_pending(self, purchase_id: UUID) -> bool: ...
+    def statement_totals(self, purchase_id: UUID) -> StatementTotals: ...
+    def statement_rows(self, purchase_id: UUID, dedupe_prefix: str) -> StatementRows: ...
+    def resource(self, purchase_id: UUID, kind: OfferKind | None = None) -> ResourceRecord | None: ...
+    def ensure_resource(
+        self, purchase_id: UUID, kind: OfferKind, name: str, region: str | None
+    ) -> ResourceRecord: ...
+    def note_error(self, purchase_id: UUID, action: ResourceAction, error: str) -> None: ...
+    def complete(
+        self,
+        job: ResourceJob,
+        resource_id: UUID,
+        status: ResourceStatus,
+        *,
+        summary: dict[str, Any] | None = None,
+        credentials_ciphertext: bytes | None = None,
+    ) -> None: ...
+    def steps(self, resource_id: UUID, action: ResourceAction, run: int) -> dict[str, dict[str, Any]]: ...
+    def record_step(
+        self, resource_id: UUID, action: ResourceAction, run: int, step: str, outcome: dict[str, Any]
+    ) -> None: ...
+    def take_credentials(self, resource_id: UUID, ciphertext: bytes) -> bool: ...
+    def store_finalize_replay(self, wallet_id: UUID, idempotency_key: str, ciphertext: bytes) -> None: ...
+
+
+class UsageEstimateStore(Protocol):
+    """Provisional S3 charges per (purchase, bucket, usage day, charge kind) (docs/usage-estimates.md)."""
+
+    def estimated_buckets(self, deleted_since: datetime) -> list[BucketRef]: ...
+    def lock_purchase(self, purchase_id: UUID) -> bool: ...
+    def open_estimate(
+        self, purchase_id: UUID, bucket: str, usage_day: date, kind: ChargeKind
+    ) -> EstimateState: ...
+    def record_estimate(
+        self,
+        purchase_id: UUID,
+        bucket: str,
+        usage_day: date,
+        kind: ChargeKind,
+        *,
+        estimated_nano: int,
+        quantity: Decimal,
+        window_end: datetime,
+    ) -> None: ...
+    def settle(
+        self,
+        purchase_id: UUID,
+        bucket: str,
+        usage_day: date,
+        kind: ChargeKind,
+        delivery_record_id: int | None,
+    ) -> SettledEstimate | None: ...
+    def settle_covered_by_delivery(self, attempt: UUID, delivery_record_id: int) -> list[SettledEstimate]: ...
+    def unsettled(self, *, min_age_days: int = 0, limit: int = 1_000) -> list[UnsettledEstimate]: ...
+
+
 class UnitOfWork(Protocol):
     @property
     def ledger(self) -> LedgerStore: ...
@@ -117,6 +259,14 @@ class UnitOfWork(Protocol):
     def checkout(self) -> CheckoutStore: ...
     @property
     def usage(self) -> UsageStore: ...
+    @property
+    def history(self) -> HistoryStore: ...
+    @property
+    def cost_export(self) -> CostExportStore: ...
+    @property
+    def provisioning(self) -> ProvisioningStore: ...
+    @property
+    def usage_estimates(self) -> UsageEstimateStore: ...
 
 
 class Transactions(Protocol):
@@ -127,3 +277,29 @@ class Transactions(Protocol):
     def run_single_write(self, work: Callable[[UnitOfWork], T]) -> T:
         """For work that writes with exactly one statement (atomic on its own): no explicit transaction."""
         ...
+
+
+class Outbox(Protocol):
+    """The outbox as the dispatcher sees it: claim due rows under a lease, then settle each one.
+
+    Settling is fenced by the claim (``message.attempts``): a dispatcher whose lease ran out
+    cannot overwrite what a later claim of the same row decided.
+    """
+
+    def claim_due(self, kinds: Sequence[str], limit: int, lease: timedelta) -> list[OutboxMessage]: ...
+    def mark_delivered(self, message: OutboxMessage) -> bool: ...
+    def mark_skipped(self, message: OutboxMessage, reason: str) -> bool: ...
+    def reschedule(self, message: OutboxMessage, delay: timedelta, error: str) -> bool: ...
+    def release(self, message: OutboxMessage) -> bool: ...
+
+
+class EmailSender(Protocol):
+    """Sends one plain-text email; raises ``DeliveryFailed`` when it was not accepted."""
+
+    def send(self, to: str, message: EmailMessage) -> None: ...
+
+
+class HttpPoster(Protocol):
+    """POSTs a JSON body; returns on 2xx, raises ``DeliveryFailed`` on anything else."""
+
+    def post_json(self, url: str, body: bytes, headers: dict[str, str]) -> None: ...

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from uuid import UUID
 
 from billing.domain.api_keys import KeyRole, api_key_matches
 from billing.domain.errors import NotFound, Unauthorized
 from billing.domain.purchase import PurchaseView
 from billing.services.ports import Transactions, UnitOfWork
+from billing.services.provisioning import ProvisioningHandoff
 
 _SAME_FOR_EVERY_FAILURE = "invalid purchase id or API key"
 
@@ -35,9 +37,28 @@ def authenticate_in(unit: UnitOfWork, raw_purchase_id: str, presented_key: str, 
     return purchase_id
 
 
+@dataclass(frozen=True)
+class PurchaseDetails:
+    """The customer's view with its resource as it is now, and the resource's credentials when
+    this read is the one that hands them out (once; docs/provisioning.md)."""
+
+    view: PurchaseView
+    resource_credentials: dict[str, str] | None = None
+
+
 class PurchaseReader:
-    def __init__(self, transactions: Transactions) -> None:
+    def __init__(self, transactions: Transactions, resources: ProvisioningHandoff | None = None) -> None:
         self._transactions = transactions
+        self._resources = resources
+
+    def details_for_customer(self, raw_purchase_id: str, customer_key: str) -> PurchaseDetails:
+        view = self.view_for_customer(raw_purchase_id, customer_key)
+        if self._resources is None:
+            return PurchaseDetails(view)
+        delivery = self._resources.deliver(view.id)
+        if delivery.resource is None:
+            return PurchaseDetails(view)
+        return PurchaseDetails(replace(view, resource=delivery.resource), delivery.credentials)
 
     def view_for_customer(self, raw_purchase_id: str, customer_key: str) -> PurchaseView:
         def read(unit: UnitOfWork) -> PurchaseView:

@@ -56,9 +56,10 @@ WITH grid AS (
 ), per_bucket AS (
     SELECT bucket,
            count(*) AS entries,
-           COALESCE(sum(-amount_nano) FILTER (WHERE kind = 'usage'), 0)::bigint AS usage_cost_nano,
+           COALESCE(sum(-amount_nano) FILTER (WHERE kind IN ('usage', 'estimate')), 0)::bigint
+               AS usage_cost_nano,
            COALESCE(sum(amount_nano) FILTER (WHERE kind = 'deposit'), 0)::bigint AS deposits_nano,
-           COALESCE(sum(amount_nano) FILTER (WHERE kind NOT IN ('usage', 'deposit')), 0)::bigint
+           COALESCE(sum(amount_nano) FILTER (WHERE kind NOT IN ('usage', 'estimate', 'deposit')), 0)::bigint
                AS adjustments_nano,
            (array_agg(balance_after_nano ORDER BY at DESC, id DESC))[1] AS last_balance_nano
       FROM entries
@@ -69,7 +70,7 @@ WITH grid AS (
                                         'cost_nano', cost_nano)) AS usage
       FROM (SELECT bucket, meter, unit, sum(quantity) AS quantity, sum(-amount_nano)::bigint AS cost_nano
               FROM entries
-             WHERE kind = 'usage' AND %(by_meter)s
+             WHERE kind IN ('usage', 'estimate') AND %(by_meter)s
              GROUP BY bucket, meter, unit) AS meters
      GROUP BY bucket
 )

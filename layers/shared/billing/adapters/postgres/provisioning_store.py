@@ -203,9 +203,9 @@ class PostgresProvisioningStore:
     def statement_totals(self, purchase_id: UUID) -> StatementTotals:
         row = self._connection.execute(
             """SELECT COALESCE(sum(amount_nano) FILTER (WHERE kind = 'deposit'), 0),
-                      COALESCE(-sum(amount_nano) FILTER (WHERE kind = 'usage'), 0),
+                      COALESCE(-sum(amount_nano) FILTER (WHERE kind IN ('usage', 'estimate')), 0),
                       COALESCE(sum(amount_nano) FILTER (WHERE kind IN ('adjustment', 'reversal')), 0),
-                      count(*) FILTER (WHERE kind = 'usage')
+                      count(*) FILTER (WHERE kind IN ('usage', 'estimate'))
                  FROM ledger_entries WHERE purchase_id = %s""",
             (purchase_id,),
         ).fetchone()

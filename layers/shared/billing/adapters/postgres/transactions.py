@@ -11,8 +11,12 @@ from aws_lambda_powertools import Logger
 from billing.adapters.postgres.catalog_store import PostgresCatalogStore
 from billing.adapters.postgres.checkout_store import PostgresCheckoutStore
 from billing.adapters.postgres.connection import forget_connection, shared_connection
+from billing.adapters.postgres.cost_export_store import PostgresCostExportStore
+from billing.adapters.postgres.history_store import PostgresHistoryStore
 from billing.adapters.postgres.ledger_store import DuplicateIdempotencyKey, PostgresLedgerStore
+from billing.adapters.postgres.provisioning_store import PostgresProvisioningStore
 from billing.adapters.postgres.purchase_store import PostgresPurchaseStore
+from billing.adapters.postgres.usage_estimate_store import PostgresUsageEstimateStore
 from billing.adapters.postgres.usage_store import PostgresUsageStore
 from billing.domain.errors import DependencyUnavailable
 
@@ -36,6 +40,10 @@ class PostgresUnitOfWork:
         self.catalog = PostgresCatalogStore(connection)
         self.checkout = PostgresCheckoutStore(connection)
         self.usage = PostgresUsageStore(connection)
+        self.history = PostgresHistoryStore(connection)
+        self.cost_export = PostgresCostExportStore(connection)
+        self.provisioning = PostgresProvisioningStore(connection)
+        self.usage_estimates = PostgresUsageEstimateStore(connection)
 
 
 class PostgresTransactions:

@@ -127,7 +127,9 @@ BEGIN
         SELECT c FROM (VALUES
             ('notify.email', NEW.notify_email IS NOT NULL),
             ('notify.webhook', NEW.webhook_url IS NOT NULL),
-            ('officex.status', NEW.customer_org_endpoint IS NOT NULL),
+            ('officex.status', NEW.customer_org_endpoint IS NOT NULL AND NEW.customer_org_id IS NOT NULL
+                               AND NEW.officex_purchase_id IS NOT NULL
+                               AND NEW.customer_org_api_key_ciphertext IS NOT NULL),
             ('resource.suspend', NEW.status = 'suspended'),
             ('resource.resume', OLD.status = 'suspended' AND NEW.status <> 'terminated'),
             ('resource.delete', NEW.status = 'terminated')
