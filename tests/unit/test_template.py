@@ -215,7 +215,11 @@ def test_globals(template: dict[str, Any]) -> None:
     assert g["Runtime"] == "python3.12"
     assert g["Architectures"] == ["arm64"]
     assert g["Layers"] == [{"Ref": "SharedLayer"}]
-    assert g["Tracing"] == "Active"
+    # X-Ray is opt-in: the tracer and the SDK's import follow one parameter together.
+    assert g["Tracing"] == {"Fn::If": ["TracingEnabled", "Active", "PassThrough"]}
+    assert g["Environment"]["Variables"]["POWERTOOLS_TRACE_DISABLED"] == {
+        "Fn::If": ["TracingEnabled", "false", "true"]
+    }
     assert g["LoggingConfig"]["LogFormat"] == "JSON"
     log_group = template["Resources"][g["LoggingConfig"]["LogGroup"]["Ref"]]
     assert log_group["Type"] == "AWS::Logs::LogGroup"

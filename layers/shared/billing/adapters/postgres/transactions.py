@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from aws_lambda_powertools import Logger
 
-from billing.adapters.postgres.catalog_store import PostgresCatalogStore
-from billing.adapters.postgres.checkout_store import PostgresCheckoutStore
 from billing.adapters.postgres.connection import forget_connection, shared_connection
-from billing.adapters.postgres.cost_export_store import PostgresCostExportStore
-from billing.adapters.postgres.history_store import PostgresHistoryStore
 from billing.adapters.postgres.ledger_store import DuplicateIdempotencyKey, PostgresLedgerStore
-from billing.adapters.postgres.provisioning_store import PostgresProvisioningStore
 from billing.adapters.postgres.purchase_store import PostgresPurchaseStore
-from billing.adapters.postgres.usage_estimate_store import PostgresUsageEstimateStore
 from billing.adapters.postgres.usage_store import PostgresUsageStore
 from billing.domain.errors import DependencyUnavailable
+
+if TYPE_CHECKING:
+    from billing.adapters.postgres.catalog_store import PostgresCatalogStore
+    from billing.adapters.postgres.checkout_store import PostgresCheckoutStore
+    from billing.adapters.postgres.cost_export_store import PostgresCostExportStore
+    from billing.adapters.postgres.history_store import PostgresHistoryStore
+    from billing.adapters.postgres.provisioning_store import PostgresProvisioningStore
+    from billing.adapters.postgres.usage_estimate_store import PostgresUsageEstimateStore
 
 T = TypeVar("T")
 logger = Logger(child=True)
@@ -31,19 +34,54 @@ _RETRYABLE = (
 
 
 class PostgresUnitOfWork:
-    """The stores of one transaction, all on the same connection."""
+    """The stores of one transaction, all on the same connection.
+
+    The stores every request path needs are built at once; the others (and their modules) only
+    when a unit of work first asks for them, which keeps them out of every cold start that does
+    not (bench/cold_start.py).
+    """
 
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self.connection = connection
         self.ledger = PostgresLedgerStore(connection)
         self.purchases = PostgresPurchaseStore(connection)
-        self.catalog = PostgresCatalogStore(connection)
-        self.checkout = PostgresCheckoutStore(connection)
         self.usage = PostgresUsageStore(connection)
-        self.history = PostgresHistoryStore(connection)
-        self.cost_export = PostgresCostExportStore(connection)
-        self.provisioning = PostgresProvisioningStore(connection)
-        self.usage_estimates = PostgresUsageEstimateStore(connection)
+
+    @cached_property
+    def catalog(self) -> PostgresCatalogStore:
+        from billing.adapters.postgres.catalog_store import PostgresCatalogStore  # noqa: PLC0415
+
+        return PostgresCatalogStore(self.connection)
+
+    @cached_property
+    def checkout(self) -> PostgresCheckoutStore:
+        from billing.adapters.postgres.checkout_store import PostgresCheckoutStore  # noqa: PLC0415
+
+        return PostgresCheckoutStore(self.connection)
+
+    @cached_property
+    def history(self) -> PostgresHistoryStore:
+        from billing.adapters.postgres.history_store import PostgresHistoryStore  # noqa: PLC0415
+
+        return PostgresHistoryStore(self.connection)
+
+    @cached_property
+    def cost_export(self) -> PostgresCostExportStore:
+        from billing.adapters.postgres.cost_export_store import PostgresCostExportStore  # noqa: PLC0415
+
+        return PostgresCostExportStore(self.connection)
+
+    @cached_property
+    def provisioning(self) -> PostgresProvisioningStore:
+        from billing.adapters.postgres.provisioning_store import PostgresProvisioningStore  # noqa: PLC0415
+
+        return PostgresProvisioningStore(self.connection)
+
+    @cached_property
+    def usage_estimates(self) -> PostgresUsageEstimateStore:
+        from billing.adapters.postgres.usage_estimate_store import PostgresUsageEstimateStore  # noqa: PLC0415
+
+        return PostgresUsageEstimateStore(self.connection)
 
 
 class PostgresTransactions:
