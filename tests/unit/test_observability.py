@@ -24,10 +24,17 @@ def test_tracing_off_leaves_handlers_as_they_are() -> None:
 
 
 def test_tracing_off_never_imports_the_xray_sdk() -> None:
-    probe = "import sys, billing.api.http; print('aws_xray_sdk' in sys.modules, 'botocore.session' in sys.modules)"
+    probe = (
+        "import sys, billing.api.http; "
+        "print('aws_xray_sdk' in sys.modules, 'botocore.session' in sys.modules)"
+    )
     found = subprocess.run(
         [sys.executable, "-c", probe],
-        env={"PYTHONPATH": str(LAYER), "POWERTOOLS_TRACE_DISABLED": "true", "AWS_DEFAULT_REGION": "us-east-1"},
+        env={
+            "PYTHONPATH": str(LAYER),
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        },
         capture_output=True,
         text=True,
         check=True,
