@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from billing.api.http import build_app, http_handler
+from billing.api.metering_models import UsageBatchBody
 from billing.api.problems import STATUS_BY_ERROR, billing_error_response
 from billing.domain import errors
 from billing.domain.api_keys import KeyRole, api_key_matches, generate_api_key, hash_api_key
@@ -146,3 +147,14 @@ def test_bodies_must_be_declared_json_and_small(
     if status >= 400:
         assert response["headers"]["Content-Type"] == "application/problem+json"
         assert json.loads(response["body"])["status"] == status
+
+
+def test_a_batch_body_has_a_short_repr() -> None:
+    """Powertools formats route arguments into a debug message per request: keep it cheap."""
+
+    event = {"idempotency_key": "k", "usage_amount": "1", "unit": "call", "cost_incurred": "0.000001000"}
+    body = UsageBatchBody.model_validate(
+        {"events": [{**event, "idempotency_key": f"k{i}"} for i in range(100)]}
+    )
+
+    assert repr(body) == "UsageBatchBody(<100 events>)"

@@ -27,12 +27,9 @@ def _deposit_addresses() -> DepositAddresses:
 
 @cache
 def _secret_box() -> SecretBox:
-    from billing.adapters.aws.kms import KmsSecretBox  # noqa: PLC0415 - boto3 loads only when used
+    from billing.adapters.aws.kms import configured_secret_box  # noqa: PLC0415 - boto3 loads only when used
 
-    key_id = get_checkout_settings().kms_key_id
-    if not key_id:
-        raise DependencyUnavailable("encryption is not configured (KMS_KEY_ID)")
-    return KmsSecretBox(key_id)
+    return configured_secret_box(get_checkout_settings().kms_key_id)
 
 
 def checkout_service(

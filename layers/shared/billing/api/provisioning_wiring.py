@@ -15,7 +15,6 @@ from uuid import UUID
 
 from billing.adapters.postgres.transactions import PostgresTransactions
 from billing.domain.catalog import OfferKind
-from billing.domain.errors import DependencyUnavailable
 from billing.domain.notifications import RetryPolicy
 from billing.domain.provisioning import ResourceProvisioner
 from billing.provisioning_settings import get_provisioning_settings
@@ -26,12 +25,9 @@ from billing.settings import get_google_settings
 
 @cache
 def _secret_box() -> SecretBox:
-    from billing.adapters.aws.kms import KmsSecretBox  # noqa: PLC0415 - boto3 loads only when used
+    from billing.adapters.aws.kms import configured_secret_box  # noqa: PLC0415 - boto3 loads only when used
 
-    key_id = get_provisioning_settings().kms_key_id
-    if not key_id:
-        raise DependencyUnavailable("encryption is not configured (KMS_KEY_ID)")
-    return KmsSecretBox(key_id)
+    return configured_secret_box(get_provisioning_settings().kms_key_id)
 
 
 def _kick() -> Callable[[UUID], None] | None:

@@ -99,3 +99,10 @@ def _kms_errors(operation: str) -> Iterator[None]:
     except BotoCoreError as exc:
         logger.warning("KMS call failed", extra={"operation": operation, "error": type(exc).__name__})
         raise DependencyUnavailable("KMS is unavailable; nothing was written") from exc
+
+
+def configured_secret_box(key_id: str | None) -> KmsSecretBox:
+    """The application's secret box under ``KMS_KEY_ID``; a 503 when it is not configured."""
+    if not key_id:
+        raise DependencyUnavailable("encryption is not configured (KMS_KEY_ID)")
+    return KmsSecretBox(key_id)
