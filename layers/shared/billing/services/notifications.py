@@ -12,6 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -21,6 +22,8 @@ from billing.domain.notifications import (
     DISPATCHED_KINDS,
     SIGNATURE_HEADER,
     DeliveryFailed,
+    Destinations,
+    EmailMessage,
     FinalStatement,
     OutboxKind,
     OutboxMessage,
@@ -200,19 +203,9 @@ class OutboxDispatcher:
             raise _Skip("the purchase no longer exists")
         kind = OutboxKind(message.kind)
         if kind is OutboxKind.NOTIFY_EMAIL:
-            if not where.notify_email:
-                raise _Skip("the purchase has no notification email")
-            self._email().send(where.notify_email, status_email(event))
+            self._send_email(where, status_email(event))
         elif kind is OutboxKind.NOTIFY_WEBHOOK:
-            if not where.webhook_url or where.webhook_secret_ciphertext is None:
-                raise _Skip("the purchase has no webhook")
-            secret = self._secrets().decrypt(
-                where.webhook_secret_ciphertext, webhook_secret_context(message.purchase_id)
-            )
-            secrets.append(secret)
-            body = webhook_body(message.dedupe_key, event)
-            signature = sign_webhook(secret, body, int(self._clock().timestamp()))
-            self._http.post_json(where.webhook_url, body, {SIGNATURE_HEADER: signature})
+            self._send_webhook(message.purchase_id, where, webhook_body(message.dedupe_key, event), secrets)
         else:
             endpoint, org_id = where.customer_org_endpoint, where.customer_org_id
             ciphertext, officex_id = where.customer_org_api_key_ciphertext, where.officex_purchase_id
@@ -240,21 +233,26 @@ class OutboxDispatcher:
             raise _Skip("the purchase no longer exists")
         kind = OutboxKind(message.kind)
         if kind is OutboxKind.NOTIFY_EMAIL:
-            if not where.notify_email:
-                raise _Skip("the purchase has no notification email")
-            self._email().send(where.notify_email, final_statement_email(statement))
+            self._send_email(where, final_statement_email(statement))
         elif kind is OutboxKind.NOTIFY_WEBHOOK:
-            if not where.webhook_url or where.webhook_secret_ciphertext is None:
-                raise _Skip("the purchase has no webhook")
-            secret = self._secrets().decrypt(
-                where.webhook_secret_ciphertext, webhook_secret_context(message.purchase_id)
-            )
-            secrets.append(secret)
             body = final_statement_body(message.dedupe_key, statement)
-            signature = sign_webhook(secret, body, int(self._clock().timestamp()))
-            self._http.post_json(where.webhook_url, body, {SIGNATURE_HEADER: signature})
+            self._send_webhook(message.purchase_id, where, body, secrets)
         else:
             raise _Skip("final statements go by email and webhook only")
+
+    def _send_email(self, where: Destinations, email: EmailMessage) -> None:
+        if not where.notify_email:
+            raise _Skip("the purchase has no notification email")
+        self._email().send(where.notify_email, email)
+
+    def _send_webhook(self, purchase_id: UUID, where: Destinations, body: bytes, secrets: list[str]) -> None:
+        """POST ``body`` signed with the purchase's webhook secret (docs/notifications.md)."""
+        if not where.webhook_url or where.webhook_secret_ciphertext is None:
+            raise _Skip("the purchase has no webhook")
+        secret = self._secrets().decrypt(where.webhook_secret_ciphertext, webhook_secret_context(purchase_id))
+        secrets.append(secret)
+        signature = sign_webhook(secret, body, int(self._clock().timestamp()))
+        self._http.post_json(where.webhook_url, body, {SIGNATURE_HEADER: signature})
 
 
 def unconfigured_email(what: str) -> EmailSender:
