@@ -112,6 +112,10 @@ CROSSING_COST_NANO = 50_000_000  # ... at $0.05 an event: low, critical and term
 ROOMY_TRIGGERS = Triggers(low_nano=5 * USD, critical_nano=2 * USD, termination_nano=USD // 2)
 CROSSING_TRIGGERS = Triggers(low_nano=USD // 2, critical_nano=USD // 4, termination_nano=USD // 10)
 
+#: A ledger with history before any phase: purchases of their own, charged through the service.
+HISTORY_PURCHASES = 100
+HISTORY_EVENTS = 50_000
+
 TARGET_SINGLE_HOT_EVENTS_PER_S = 2_000.0
 TARGET_BATCH_EVENTS_PER_S = 20_000.0
 TARGET_SWEEP_S = 2.0
@@ -519,6 +523,30 @@ def _create_purchases(
     return targets
 
 
+def _seed_history(connection: psycopg.Connection[Any], events: int) -> None:
+    """Give the ledger a history before it is analyzed, as a production ledger has.
+
+    This server runs without autovacuum. A session plans its statements once (PL/pgSQL, prepared
+    statements), with the statistics of the moment: planned on a ledger of a few rows, the
+    idempotency probe scans the table instead of its unique index, and every write then costs
+    O(ledger) until the next ANALYZE (docs/benchmarks.md, "Metering"). Autovacuum analyzes a
+    production ledger as it grows; here the ledger gets a history of its own purchases first.
+    """
+    if events <= 0:
+        return
+    targets = _create_purchases(
+        connection, HISTORY_PURCHASES, opening_nano=OPENING_CREDIT_NANO, triggers=ROOMY_TRIGGERS
+    )
+    service = MeteringService(PostgresTransactions(lambda: connection))
+    for batch in range(max(1, events // BATCH)):
+        target = targets[batch % len(targets)]
+        history = [
+            UsageEvent(f"history-{batch}-{index}", Decimal(1), "tokens", cost_nano=EVENT_COST_NANO)
+            for index in range(BATCH)
+        ]
+        service.meter(target.purchase_id, target.vendor_key, history)
+
+
 def _count(connection: psycopg.Connection[Any], sql: str, params: Any = None) -> int:
     row = connection.execute(sql, params).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
@@ -725,6 +753,7 @@ class Plan:
     crossing_purchases: int
     sweep_purchases: int
     sweep_idle_runs: int
+    history_events: int  # usage events already in the ledger when the phases start
 
 
 def run_metering(plan: Plan, url: str, log: Callable[[str], None]) -> dict[str, Any]:
@@ -748,7 +777,12 @@ def run_metering(plan: Plan, url: str, log: Callable[[str], None]) -> dict[str, 
                 opening_nano=CROSSING_OPENING_NANO if crossing else OPENING_CREDIT_NANO,
                 triggers=CROSSING_TRIGGERS if crossing else ROOMY_TRIGGERS,
             )
+        started = time.perf_counter()
+        _seed_history(connection, plan.history_events)
         connection.execute("ANALYZE")
+        log(
+            f"seeded {plan.history_events:,} usage events of history in {time.perf_counter() - started:.1f} s"
+        )
         log(f"starting {max(plan.workers)} worker processes (handler loaded once in each) ...")
         workers = Workers(max(plan.workers), _handler_environment(url), pools)
         phases: list[PhaseResult] = []
@@ -921,6 +955,12 @@ def main(argv: list[str] | None = None) -> int:
         "--sweep-purchases", type=int, default=100_000, help="purchases in the sweep scenario"
     )
     parser.add_argument("--sweep-idle-runs", type=int, default=5, help="sweeps with nothing to do, timed")
+    parser.add_argument(
+        "--history-events",
+        type=int,
+        default=HISTORY_EVENTS,
+        help=f"usage events in the ledger before the phases (default {HISTORY_EVENTS:,}; 0: none)",
+    )
     parser.add_argument("--database-url", help="admin URL of the server (default: DATABASE_URL or local)")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: short phases, small pools, 2,000-purchase sweep"
@@ -933,6 +973,7 @@ def main(argv: list[str] | None = None) -> int:
         args.duration, args.warmup = min(args.duration, 0.5), min(args.warmup, 0.2)
         args.purchases, args.crossing_purchases = min(args.purchases, 20), min(args.crossing_purchases, 5)
         args.sweep_purchases, args.sweep_idle_runs = min(args.sweep_purchases, 2_000), 1
+        args.history_events = min(args.history_events, 1_000)
         if args.workers == parser.get_default("workers"):
             args.workers = "2"
     chosen = args.scenario or ["all"]
@@ -957,6 +998,7 @@ def main(argv: list[str] | None = None) -> int:
         crossing_purchases=args.crossing_purchases,
         sweep_purchases=args.sweep_purchases,
         sweep_idle_runs=args.sweep_idle_runs,
+        history_events=args.history_events,
     )
 
     def log(message: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
@@ -106,6 +106,36 @@ def test_bad_events_are_refused_and_change_nothing(db: psycopg.Connection[Any]) 
         metering.meter(str(purchase_id), customer_key, [_event("wrong-key")])
     assert assert_ledger_invariants(db, purchase_id) == (10 * 10**9, 0)
     assert _usage_rows(db, purchase_id) == 0
+
+
+@pytest.mark.parametrize("events", [1, 3], ids=["single", "batch"])
+def test_the_one_statement_checks_the_vendor_key_and_writes_nothing_without_it(
+    db: psycopg.Connection[Any], events: int
+) -> None:
+    """Explicit costs go straight to meter_usage_apply(), which checks the key's hash itself."""
+    purchase_id, customer_key, vendor_key = _funded(db)
+    other_id, _, other_vendor_key = _funded(db)
+    metering = MeteringService(PostgresTransactions(lambda: db))
+    batch = [_event(f"k{index}") for index in range(events)]
+    attempts = {
+        "customer key": (purchase_id, customer_key),
+        "another purchase's vendor key": (purchase_id, other_vendor_key),
+        "unknown purchase": (uuid4(), vendor_key),
+        "malformed id": ("not-a-purchase", vendor_key),
+    }
+    for name, (target, key) in attempts.items():
+        with pytest.raises(Unauthorized) as refused:
+            metering.meter(str(target), key, batch)
+        assert str(refused.value) == "invalid purchase id or API key", name
+    for purchase in (purchase_id, other_id):
+        assert assert_ledger_invariants(db, purchase) == (10 * 10**9, 0)
+        assert _usage_rows(db, purchase) == 0
+    # the right key charges, and its retry is a replay (the key check does not stand in the way)
+    first = metering.meter(str(purchase_id), vendor_key, batch)
+    again = metering.meter(str(purchase_id), vendor_key, batch)
+    assert [event.replayed for event in first.events] == [False] * events
+    assert [event.replayed for event in again.events] == [True] * events
+    assert again.purchase.balance_nano == first.purchase.balance_nano == 10 * 10**9 - events * 1_000_000
 
 
 def test_usage_beyond_the_balance_is_recorded_and_stops_serving(db: psycopg.Connection[Any]) -> None:

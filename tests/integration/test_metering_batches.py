@@ -1,8 +1,8 @@
 """meter-usage in one statement (migration 0010) leaves the same books as charging event by event.
 
 Postgres stores charge all events of a request with one call of ``meter_usage_apply()``; the
-service's event-by-event path (used for events that settle a hold, and for stores without that
-ability) stays. The same requests sent through both paths, to two purchases alike, must give the
+service's event-by-event path (``meter_each``, used for events that settle a hold) stays. The
+same requests sent through both paths, to two purchases alike, must give the
 same answers and leave the same entries, usage rows, statuses and outbox rows, including when a
 batch crosses thresholds, replays keys or reuses them for something else.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -22,15 +22,12 @@ from hypothesis import strategies as st
 
 from billing.adapters.postgres.purchase_store import PostgresPurchaseStore
 from billing.adapters.postgres.transactions import PostgresTransactions
-from billing.adapters.postgres.usage_store import PostgresUsageStore
 from billing.domain import ledger
 from billing.domain.errors import BillingError, IdempotencyConflict
 from billing.domain.purchase import Triggers
 from billing.services.metering import (
-    ChargesBatchAtOnce,
     MeteringOutcome,
     MeteringService,
-    ReadsViewWithCredentials,
     UsageEvent,
 )
 from tests.integration.ledger_support import (
@@ -40,41 +37,10 @@ from tests.integration.ledger_support import (
     run_concurrently,
 )
 
-T = TypeVar("T")
 USD = 10**9
 CENT = USD // 100
 TRIGGERS = Triggers(low_nano=10 * USD, critical_nano=5 * USD, termination_nano=1 * USD)
 NOW = datetime.now(UTC).replace(microsecond=0)  # one clock for both paths (usage partitions are recent)
-
-
-class _EventByEvent:
-    """Postgres units without the batch abilities: the service takes its event-by-event path."""
-
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
-        self._inner = PostgresTransactions(lambda: connection)
-
-    def run(self, work: Callable[[Any], T]) -> T:
-        return self._inner.run(lambda unit: work(_PlainUnit(unit)))
-
-    def run_single_write(self, work: Callable[[Any], T]) -> T:
-        return self._inner.run_single_write(lambda unit: work(_PlainUnit(unit)))
-
-
-class _PlainUnit:
-    def __init__(self, unit: Any) -> None:
-        self.ledger, self.catalog, self.checkout = unit.ledger, unit.catalog, unit.checkout
-        self.purchases = _ViewsOnly(unit.purchases)
-        self.usage = _RecordOnly(unit.usage)
-
-
-class _ViewsOnly:
-    def __init__(self, store: PostgresPurchaseStore) -> None:
-        self.credentials, self.view = store.credentials, store.view
-
-
-class _RecordOnly:
-    def __init__(self, store: PostgresUsageStore) -> None:
-        self.record = store.record
 
 
 def _purchase(db: psycopg.Connection[Any], opening_nano: int) -> tuple[UUID, str]:
@@ -138,9 +104,14 @@ def _answer(outcome: MeteringOutcome) -> tuple[Any, ...]:
     )
 
 
-def _meter(service: MeteringService, purchase_id: UUID, key: str, events: list[UsageEvent]) -> Any:
+def _meter(
+    charge: Callable[[str, str, list[UsageEvent]], MeteringOutcome],
+    purchase_id: UUID,
+    key: str,
+    events: list[UsageEvent],
+) -> Any:
     try:
-        return _answer(service.meter(str(purchase_id), key, events))
+        return _answer(charge(str(purchase_id), key, events))
     except BillingError as error:
         return type(error).__name__, error.extra
 
@@ -156,11 +127,6 @@ def _event(key: str, cents: int, variant: int = 0) -> UsageEvent:
         description=f"call {variant}" if variant % 3 == 0 else None,
         metadata={"model": "m", "n": variant} if variant % 4 == 1 else None,
     )
-
-
-def test_postgres_stores_charge_a_batch_in_one_statement(db: psycopg.Connection[Any]) -> None:
-    assert isinstance(PostgresUsageStore(db), ChargesBatchAtOnce)
-    assert isinstance(PostgresPurchaseStore(db), ReadsViewWithCredentials)
 
 
 event_strategy = st.tuples(
@@ -181,12 +147,13 @@ def test_batches_leave_the_same_books_as_event_by_event_charging(
 ) -> None:
     at_once, at_once_key = _purchase(db, opening_usd * USD)
     one_by_one, one_by_one_key = _purchase(db, opening_usd * USD)
-    fast = MeteringService(PostgresTransactions(lambda: db), clock=lambda: NOW)
-    slow = MeteringService(_EventByEvent(db), clock=lambda: NOW)
+    service = MeteringService(PostgresTransactions(lambda: db), clock=lambda: NOW)
 
     for batch in batches:
         events = [_event(f"k{key}", cents, variant) for key, cents, variant in batch]
-        assert _meter(fast, at_once, at_once_key, events) == _meter(slow, one_by_one, one_by_one_key, events)
+        assert _meter(service.meter, at_once, at_once_key, events) == _meter(
+            service.meter_each, one_by_one, one_by_one_key, events
+        )
 
     assert _books(db, at_once) == _books(db, one_by_one)
     assert_ledger_invariants(db, at_once)

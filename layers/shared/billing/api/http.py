@@ -20,7 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing.api.observability import logger, metrics, tracer
 from billing.api.problems import PROBLEM_CONTENT_TYPE, problem_body, register_problem_handlers
-from billing.domain.errors import InvalidRequest, NotImplementedYet, Unauthorized
+from billing.domain.errors import SAME_FOR_EVERY_AUTH_FAILURE, InvalidRequest, NotImplementedYet, Unauthorized
 from billing.settings import get_api_settings
 
 LambdaHandler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
@@ -136,7 +136,7 @@ def bearer_key(app: APIGatewayHttpResolver) -> str:
     header = event.headers.get("authorization") or ""
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip() or len(key) > 512:
-        raise Unauthorized("invalid purchase id or API key")
+        raise Unauthorized(SAME_FOR_EVERY_AUTH_FAILURE)
     return key.strip()
 
 

@@ -37,6 +37,10 @@ class Unauthorized(BillingError):
     title = "Unauthorized"
 
 
+#: The one answer to a malformed purchase id, an unknown purchase and a wrong key alike.
+SAME_FOR_EVERY_AUTH_FAILURE = "invalid purchase id or API key"
+
+
 class InsufficientFunds(BillingError):
     title = "Insufficient funds"
 

@@ -6,28 +6,29 @@ body) or a 409 (different body), so a retry storm charges each event once.
 Usage that already happened is recorded even if it overdraws; the answer's
 ``allowed`` tells the vendor's server whether to keep serving.
 
-Stores that can charge a whole batch in one statement (Postgres: migration
-0010) get two round trips per request: read the purchase with its key hashes,
-then one call that writes every event and returns the purchase afterwards; one
-statement is one transaction. Events that settle a hold, and stores without
-that ability, take the event-by-event path inside an explicit transaction.
+A request is one call of the usage store's ``charge_batch`` (Postgres: one
+statement, migration 0013), which checks the vendor key's hash, writes every
+event and returns the purchase afterwards; only events the server prices
+(Gemini) read the purchase first, for its offer. Events that settle a hold take
+the event-by-event path (``meter_each``) inside an explicit transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol, TypeGuard, runtime_checkable
+from typing import Any
 from uuid import UUID
 
-from billing.domain.api_keys import KeyRole, api_key_matches
+from billing.domain.api_keys import KeyRole, api_key_matches, hash_api_key
 from billing.domain.catalog import GeminiPricing, Offer
-from billing.domain.errors import InvalidRequest, NotFound, Unauthorized
-from billing.domain.ledger import LedgerOperation, debit, release_hold
+from billing.domain.errors import SAME_FOR_EVERY_AUTH_FAILURE, InvalidRequest, NotFound, Unauthorized
+from billing.domain.ledger import debit, release_hold
 from billing.domain.pricing import GeminiUsageMetadata, price_gemini_call
-from billing.domain.purchase import PurchaseCredentials, PurchaseStatus, PurchaseView, Triggers
+from billing.domain.purchase import PurchaseStatus, PurchaseView
+from billing.domain.usage_charges import UsageCharge
 from billing.services.ledger import apply_in
 from billing.services.ports import Transactions, UnitOfWork
 from billing.services.purchases import authenticate_in, parse_purchase_id
@@ -81,70 +82,6 @@ class MeteringOutcome:
         )
 
 
-@dataclass(frozen=True)
-class UsageCharge:
-    """One event ready to be written: its ledger debit and its usage row."""
-
-    operation: LedgerOperation
-    occurred_at: datetime
-    cost_nano: int
-    description: str | None
-    usage_metadata: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ChargedEntry:
-    entry_id: int
-    amount_nano: int
-    replayed: bool
-
-
-@dataclass(frozen=True)
-class ChargedBatch:
-    """What one batch write did, with the purchase as it stands right after it."""
-
-    entries: list[ChargedEntry]
-    status: PurchaseStatus
-    balance_nano: int
-    held_nano: int
-    triggers: Triggers
-    grace_until: datetime | None
-    updated_at: datetime
-
-
-@runtime_checkable
-class ReadsViewWithCredentials(Protocol):
-    def view_with_credentials(self, purchase_id: UUID) -> tuple[PurchaseView, PurchaseCredentials] | None: ...
-
-
-@runtime_checkable
-class ChargesBatchAtOnce(Protocol):
-    def charge_batch(self, purchase_id: UUID, charges: Sequence[UsageCharge]) -> ChargedBatch:
-        """Every charge's debit and usage row in one atomic statement; a used key is a replay,
-        or ``IdempotencyConflict`` (nothing written) when its fingerprint differs."""
-        ...
-
-
-_SAME_FOR_EVERY_FAILURE = "invalid purchase id or API key"  # as billing.services.purchases answers
-
-#: isinstance() against a runtime-checkable protocol inspects the class every time (~50 µs): once per class.
-_ABLE: dict[tuple[type, type], bool] = {}
-
-
-def _reads_view_with_credentials(store: object) -> TypeGuard[ReadsViewWithCredentials]:
-    key = (type(store), ReadsViewWithCredentials)
-    if key not in _ABLE:
-        _ABLE[key] = isinstance(store, ReadsViewWithCredentials)
-    return _ABLE[key]
-
-
-def _charges_batch_at_once(store: object) -> TypeGuard[ChargesBatchAtOnce]:
-    key = (type(store), ChargesBatchAtOnce)
-    if key not in _ABLE:
-        _ABLE[key] = isinstance(store, ChargesBatchAtOnce)
-    return _ABLE[key]
-
-
 class MeteringService:
     def __init__(
         self, transactions: Transactions, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
@@ -153,21 +90,27 @@ class MeteringService:
         self._clock = clock
 
     def meter(self, raw_purchase_id: str, vendor_key: str, events: list[UsageEvent]) -> MeteringOutcome:
+        if any(event.hold_id for event in events):
+            return self.meter_each(raw_purchase_id, vendor_key, events)
         now = self._clock()
-        if not any(event.hold_id for event in events):
-            outcome = self._transactions.run_single_write(
-                lambda unit: self._charge_at_once(unit, raw_purchase_id, vendor_key, events, now)
-            )
-            if outcome is not None:
-                return outcome
+        return self._transactions.run_single_write(
+            lambda unit: self._charge_at_once(unit, raw_purchase_id, vendor_key, events, now)
+        )
+
+    def meter_each(self, raw_purchase_id: str, vendor_key: str, events: list[UsageEvent]) -> MeteringOutcome:
+        """Event by event in one explicit transaction: the path of events that settle a hold.
+
+        ``meter`` charges other requests in one statement; tests hold it to this path.
+        """
+        now = self._clock()
 
         def charge(unit: UnitOfWork) -> MeteringOutcome:
             purchase_id = authenticate_in(unit, raw_purchase_id, vendor_key, KeyRole.VENDOR)
             purchase = unit.purchases.view(purchase_id)
             if purchase is None:
                 raise NotFound("purchase not found")
-            offers: dict[str, Offer | None] = {}
-            metered = [self._charge_one(unit, purchase, event, now, offers) for event in events]
+            offer = _offer_if_priced(unit, purchase, events)
+            metered = [self._charge_one(unit, purchase, event, now, offer) for event in events]
             after = unit.purchases.view(purchase_id)
             assert after is not None
             return MeteringOutcome(after, metered)
@@ -176,42 +119,29 @@ class MeteringService:
 
     def _charge_at_once(
         self, unit: UnitOfWork, raw_purchase_id: str, vendor_key: str, events: list[UsageEvent], now: datetime
-    ) -> MeteringOutcome | None:
-        """Read, then one writing statement; ``None`` (nothing done) if the stores cannot."""
-        purchases, usage = unit.purchases, unit.usage
-        if not _reads_view_with_credentials(purchases) or not _charges_batch_at_once(usage):
-            return None
+    ) -> MeteringOutcome:
+        """One writing statement, which also checks the key; a read first only to price events."""
+        key_hash = hash_api_key(vendor_key)
         purchase_id = parse_purchase_id(raw_purchase_id)
-        found = purchases.view_with_credentials(purchase_id) if purchase_id else None
-        # the same single hash-and-compare, and the same 401, as authenticate_in
-        if not api_key_matches(vendor_key, found[1].vendor_key_hash if found else None) or found is None:
-            raise Unauthorized(_SAME_FOR_EVERY_FAILURE)
-        purchase = found[0]
-        offers: dict[str, Offer | None] = {}
-        charges = [self._prepare(unit, purchase, event, now, offers) for event in events]
-        batch = usage.charge_batch(purchase.id, charges)
-        after = replace(
-            purchase,
-            status=batch.status,
-            balance_nano=batch.balance_nano,
-            held_nano=batch.held_nano,
-            triggers=batch.triggers,
-            grace_until=batch.grace_until,
-            updated_at=batch.updated_at,
-        )
+        if purchase_id is None:
+            raise Unauthorized(SAME_FOR_EVERY_AUTH_FAILURE)
+        offer = None
+        if any(event.gemini for event in events):
+            found = unit.purchases.view_with_credentials(purchase_id)
+            # the same single hash-and-compare, and the same 401, as authenticate_in
+            if not api_key_matches(vendor_key, found[1].vendor_key_hash if found else None) or found is None:
+                raise Unauthorized(SAME_FOR_EVERY_AUTH_FAILURE)
+            offer = _offer_if_priced(unit, found[0], events)
+        charges = [self._prepare(purchase_id, event, now, offer) for event in events]
+        batch = unit.usage.charge_batch(purchase_id, key_hash, charges)
         metered = [
             MeteredEvent(event.idempotency_key, -entry.amount_nano, entry.entry_id, entry.replayed)
             for event, entry in zip(events, batch.entries, strict=True)
         ]
-        return MeteringOutcome(after, metered)
+        return MeteringOutcome(batch.purchase, metered)
 
     def _prepare(
-        self,
-        unit: UnitOfWork,
-        purchase: PurchaseView,
-        event: UsageEvent,
-        now: datetime,
-        offers: dict[str, Offer | None],
+        self, purchase_id: UUID, event: UsageEvent, now: datetime, offer: Offer | None
     ) -> UsageCharge:
         """Check and price one event, and build its debit; nothing is written."""
         occurred_at = event.occurred_at or now
@@ -221,7 +151,7 @@ class MeteringService:
                 f"event {event.idempotency_key!r}: timestamp must be within the last "
                 f"{BACKDATING_WINDOW.days} days and at most {skew_minutes} minutes ahead"
             )
-        meter, cost_nano, priced = self._cost(unit, purchase, event, offers)
+        meter, cost_nano, priced = _cost(event, offer)
         # Only what the client sent defines the request: a retry without a timestamp is still a replay.
         metadata = {
             "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
@@ -231,7 +161,7 @@ class MeteringService:
             **(event.metadata or {}),
         }
         operation = debit(
-            purchase.id,
+            purchase_id,
             cost_nano,
             event.idempotency_key,
             require_available=False,  # the usage already happened: record it, then stop serving
@@ -249,9 +179,9 @@ class MeteringService:
         purchase: PurchaseView,
         event: UsageEvent,
         now: datetime,
-        offers: dict[str, Offer | None],
+        offer: Offer | None,
     ) -> MeteredEvent:
-        charge = self._prepare(unit, purchase, event, now, offers)
+        charge = self._prepare(purchase.id, event, now, offer)
         if event.hold_id is not None and unit.ledger.hold(purchase.id, event.hold_id) is None:
             raise InvalidRequest(f"event {event.idempotency_key!r}: no hold {event.hold_id} on this purchase")
         operation = charge.operation
@@ -290,26 +220,26 @@ class MeteringService:
             return "captured"
         return hold.status
 
-    @staticmethod
-    def _cost(
-        unit: UnitOfWork, purchase: PurchaseView, event: UsageEvent, offers: dict[str, Offer | None]
-    ) -> tuple[str, int, dict[str, Any]]:
-        if event.cost_nano is not None:
-            return "explicit", event.cost_nano, {}
-        assert event.gemini is not None
-        if purchase.offer_id not in offers:  # read once per request, not once per event
-            offers[purchase.offer_id] = unit.catalog.offer(purchase.offer_id)
-        offer = offers[purchase.offer_id]
-        if offer is None or not isinstance(offer.pricing, GeminiPricing):
-            raise InvalidRequest("this purchase's offer does not price Gemini calls; send cost_incurred")
-        priced = price_gemini_call(offer.pricing, event.gemini.model, event.gemini.usage)
-        if priced.cost_nano <= 0:
-            raise InvalidRequest(f"event {event.idempotency_key!r}: the call has no billable tokens")
-        details = {
-            "model": event.gemini.model,
-            "usage_metadata": event.gemini.usage.model_dump(by_alias=True),
-            "prices_as_of": offer.pricing.prices_as_of.isoformat(),
-            "markup": str(offer.pricing.markup),
-            "long_context": priced.long_context,
-        }
-        return f"gemini:{event.gemini.model}", priced.cost_nano, details
+
+def _offer_if_priced(unit: UnitOfWork, purchase: PurchaseView, events: list[UsageEvent]) -> Offer | None:
+    """The purchase's offer, read once per request, when the server prices some of its events."""
+    return unit.catalog.offer(purchase.offer_id) if any(event.gemini for event in events) else None
+
+
+def _cost(event: UsageEvent, offer: Offer | None) -> tuple[str, int, dict[str, Any]]:
+    if event.cost_nano is not None:
+        return "explicit", event.cost_nano, {}
+    assert event.gemini is not None
+    if offer is None or not isinstance(offer.pricing, GeminiPricing):
+        raise InvalidRequest("this purchase's offer does not price Gemini calls; send cost_incurred")
+    priced = price_gemini_call(offer.pricing, event.gemini.model, event.gemini.usage)
+    if priced.cost_nano <= 0:
+        raise InvalidRequest(f"event {event.idempotency_key!r}: the call has no billable tokens")
+    details = {
+        "model": event.gemini.model,
+        "usage_metadata": event.gemini.usage.model_dump(by_alias=True),
+        "prices_as_of": offer.pricing.prices_as_of.isoformat(),
+        "markup": str(offer.pricing.markup),
+        "long_context": priced.long_context,
+    }
+    return f"gemini:{event.gemini.model}", priced.cost_nano, details

@@ -5,35 +5,37 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from uuid import UUID
 
-from billing.domain.billing_history import BillingPeriod, LedgerHistory
-from billing.domain.catalog import AppstoreList, Catalog, Offer, OfferKind
-from billing.domain.checkout import DepositChange, RecordedDeposit, Wallet, WalletStatus
-from billing.domain.cost_export import BucketDayCost, ChargeKind, Delivery, UnattributedCost
-from billing.domain.cost_export_charging import (
-    ChargeChange,
-    ChargeRecord,
-    ChargeTotals,
-    DeliveryRecord,
-    DeliveryStatus,
-    RecordedDelivery,
-)
-from billing.domain.deposits import ObservedTransfer
-from billing.domain.ledger import Funds, HoldState, LedgerOperation, LedgerReceipt
-from billing.domain.notifications import EmailMessage, OutboxMessage
-from billing.domain.provisioning import (
-    PurchaseFacts,
-    ResourceAction,
-    ResourceJob,
-    ResourceRecord,
-    ResourceStatus,
-    StatementRows,
-    StatementTotals,
-)
-from billing.domain.purchase import NewPurchase, PurchaseCredentials, PurchaseView
-from billing.domain.usage_estimates import BucketRef, EstimateState, SettledEstimate, UnsettledEstimate
+if TYPE_CHECKING:  # annotations only: importing every domain module would slow every cold start
+    from billing.domain.billing_history import BillingPeriod, LedgerHistory
+    from billing.domain.catalog import AppstoreList, Catalog, Offer, OfferKind
+    from billing.domain.checkout import DepositChange, RecordedDeposit, Wallet, WalletStatus
+    from billing.domain.cost_export import BucketDayCost, ChargeKind, Delivery, UnattributedCost
+    from billing.domain.cost_export_charging import (
+        ChargeChange,
+        ChargeRecord,
+        ChargeTotals,
+        DeliveryRecord,
+        DeliveryStatus,
+        RecordedDelivery,
+    )
+    from billing.domain.deposits import ObservedTransfer
+    from billing.domain.ledger import Funds, HoldState, LedgerOperation, LedgerReceipt
+    from billing.domain.notifications import EmailMessage, OutboxMessage
+    from billing.domain.provisioning import (
+        PurchaseFacts,
+        ResourceAction,
+        ResourceJob,
+        ResourceRecord,
+        ResourceStatus,
+        StatementRows,
+        StatementTotals,
+    )
+    from billing.domain.purchase import NewPurchase, PurchaseCredentials, PurchaseView
+    from billing.domain.usage_charges import ChargedBatch, UsageCharge
+    from billing.domain.usage_estimates import BucketRef, EstimateState, SettledEstimate, UnsettledEstimate
 
 T = TypeVar("T")
 
@@ -50,6 +52,10 @@ class PurchaseStore(Protocol):
     def insert(self, purchase: NewPurchase) -> None: ...
     def credentials(self, purchase_id: UUID) -> PurchaseCredentials | None: ...
     def view(self, purchase_id: UUID) -> PurchaseView | None: ...
+    def view_with_credentials(self, purchase_id: UUID) -> tuple[PurchaseView, PurchaseCredentials] | None:
+        """The view and the key hashes in one read."""
+        ...
+
     def end_grace_periods(self, now: datetime, limit: int) -> int: ...
     def reevaluate_statuses(self, limit: int) -> int: ...
 
@@ -126,6 +132,14 @@ class UsageStore(Protocol):
         description: str | None,
         metadata: dict[str, Any],
     ) -> None: ...
+
+    def charge_batch(
+        self, purchase_id: UUID, vendor_key_hash: bytes, charges: Sequence[UsageCharge]
+    ) -> ChargedBatch:
+        """Every charge's debit and usage row in one atomic statement, if ``vendor_key_hash`` is the
+        purchase's vendor key (``Unauthorized`` otherwise, as for an unknown purchase). A used key is
+        a replay, or ``IdempotencyConflict`` (nothing written) when its fingerprint differs."""
+        ...
 
 
 class HistoryStore(Protocol):

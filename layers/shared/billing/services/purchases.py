@@ -6,12 +6,10 @@ from dataclasses import dataclass, replace
 from uuid import UUID
 
 from billing.domain.api_keys import KeyRole, api_key_matches
-from billing.domain.errors import NotFound, Unauthorized
+from billing.domain.errors import SAME_FOR_EVERY_AUTH_FAILURE, NotFound, Unauthorized
 from billing.domain.purchase import PurchaseView
 from billing.services.ports import Transactions, UnitOfWork
 from billing.services.provisioning import ProvisioningHandoff
-
-_SAME_FOR_EVERY_FAILURE = "invalid purchase id or API key"
 
 
 def parse_purchase_id(raw: str) -> UUID | None:
@@ -33,7 +31,7 @@ def authenticate_in(unit: UnitOfWork, raw_purchase_id: str, presented_key: str, 
     if credentials is not None:
         stored = credentials.customer_key_hash if role is KeyRole.CUSTOMER else credentials.vendor_key_hash
     if not api_key_matches(presented_key, stored) or purchase_id is None:
-        raise Unauthorized(_SAME_FOR_EVERY_FAILURE)
+        raise Unauthorized(SAME_FOR_EVERY_AUTH_FAILURE)
     return purchase_id
 
 

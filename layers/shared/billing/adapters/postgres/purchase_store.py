@@ -89,14 +89,14 @@ class PostgresPurchaseStore:
 
     def view(self, purchase_id: UUID) -> PurchaseView | None:
         row = self._view_row(purchase_id)
-        return _view_of(row) if row is not None else None
+        return view_of(row) if row is not None else None
 
     def view_with_credentials(self, purchase_id: UUID) -> tuple[PurchaseView, PurchaseCredentials] | None:
         """The view and the key hashes in one read (the same row): authenticate and read at once."""
         row = self._view_row(purchase_id)
         if row is None:
             return None
-        return _view_of(row), PurchaseCredentials(
+        return view_of(row), PurchaseCredentials(
             bytes(row["customer_key_hash"]), bytes(row["vendor_key_hash"])
         )
 
@@ -119,7 +119,7 @@ class PostgresPurchaseStore:
         return len(self._connection.execute(_REEVALUATE_STATUSES, {"limit": limit}).fetchall())
 
 
-def _view_of(row: dict[str, Any]) -> PurchaseView:
+def view_of(row: dict[str, Any]) -> PurchaseView:
     return PurchaseView(
         id=row["id"],
         offer_id=row["offer_id"],

@@ -8,17 +8,29 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from billing.adapters.postgres.ledger_store import IDEMPOTENCY_CONSTRAINT, DuplicateIdempotencyKey
-from billing.domain.errors import IdempotencyConflict, NotFound
+from billing.adapters.postgres.purchase_store import view_of
+from billing.domain.errors import SAME_FOR_EVERY_AUTH_FAILURE, IdempotencyConflict, NotFound, Unauthorized
 from billing.domain.ledger import EntryKind
-from billing.domain.purchase import PurchaseStatus, Triggers
-from billing.services.metering import ChargedBatch, ChargedEntry, UsageCharge
+from billing.domain.usage_charges import ChargedBatch, ChargedEntry, UsageCharge
 
-#: Migration 0010's function: every event's debit and usage row, then the purchase, in one statement.
-_METER_USAGE_APPLY = "SELECT * FROM meter_usage_apply(%s, %s)"
+#: Migration 0013's function: the key check, every event's debit and usage row, then the purchase as
+#: PostgresPurchaseStore.view reads it, in one statement; its columns renamed as view_of() reads them.
+_METER_USAGE_APPLY = """
+    SELECT charged_ids, charged_amounts, charged_replays,
+           view_id AS id, view_offer_id AS offer_id, view_status AS status, view_balance AS balance_nano,
+           view_held AS held_nano, view_low_trigger AS low_trigger_nano,
+           view_critical_trigger AS critical_trigger_nano,
+           view_termination_trigger AS termination_trigger_nano,
+           view_deposit_address AS deposit_address, view_deposit_chain_id AS deposit_chain_id,
+           view_deposit_token AS deposit_token, view_resource AS resource, view_created_at AS created_at,
+           view_updated_at AS updated_at, view_grace_until AS grace_until
+      FROM meter_usage_apply(%s, %s, %s)"""
 _KEY_REUSED = "BL409"
+_NOT_THE_VENDOR_KEY = "BL401"
 _NO_PURCHASE = "BL404"
 
 
@@ -58,7 +70,9 @@ class PostgresUsageStore:
             ),
         )
 
-    def charge_batch(self, purchase_id: UUID, charges: Sequence[UsageCharge]) -> ChargedBatch:
+    def charge_batch(
+        self, purchase_id: UUID, vendor_key_hash: bytes, charges: Sequence[UsageCharge]
+    ) -> ChargedBatch:
         """Charge every event in one statement (atomic on its own: all events, or none)."""
         events = []
         for charge in charges:
@@ -81,7 +95,9 @@ class PostgresUsageStore:
                 }
             )
         try:
-            rows = self._connection.execute(_METER_USAGE_APPLY, (purchase_id, Jsonb(events))).fetchall()
+            with self._connection.cursor(row_factory=dict_row) as cursor:
+                arguments = (purchase_id, vendor_key_hash, Jsonb(events))
+                row = cursor.execute(_METER_USAGE_APPLY, arguments).fetchone()
         except psycopg.errors.UniqueViolation as exc:
             if exc.diag.constraint_name == IDEMPOTENCY_CONSTRAINT:  # a racing first use: retry whole
                 raise DuplicateIdempotencyKey(exc.diag.message_detail or "") from exc
@@ -92,16 +108,14 @@ class PostgresUsageStore:
                     "this idempotency key was already used for a different request",
                     extra={"idempotency_key": exc.diag.message_detail},
                 ) from exc
+            if exc.sqlstate == _NOT_THE_VENDOR_KEY:
+                raise Unauthorized(SAME_FOR_EVERY_AUTH_FAILURE) from exc
             if exc.sqlstate == _NO_PURCHASE:
                 raise NotFound("purchase not found") from exc
             raise
-        last = rows[-1]
+        assert row is not None  # the function answers one row or raises
+        entries = zip(row["charged_ids"], row["charged_amounts"], row["charged_replays"], strict=True)
         return ChargedBatch(
-            entries=[ChargedEntry(row[0], row[1], row[2]) for row in rows if row[0] is not None],
-            status=PurchaseStatus(last[3]),
-            balance_nano=last[4],
-            held_nano=last[5],
-            grace_until=last[6],
-            updated_at=last[7],
-            triggers=Triggers(low_nano=last[8], critical_nano=last[9], termination_nano=last[10]),
+            entries=[ChargedEntry(*entry) for entry in entries],
+            purchase=view_of(row),
         )
