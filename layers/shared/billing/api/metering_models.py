@@ -41,6 +41,10 @@ class UsageEventBody(StrictModel):
         default=None, description="The authorization (POST …/authorize) this usage settles; the rest is freed"
     )
 
+    def __repr__(self) -> str:
+        # Powertools formats the route's arguments into a debug message on every request (see below).
+        return f"UsageEventBody(idempotency_key={self.idempotency_key!r})"
+
     @field_validator("metadata")
     @classmethod
     def _small(cls, metadata: dict[str, MetadataValue] | None) -> dict[str, MetadataValue] | None:
