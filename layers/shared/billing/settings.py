@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class DatabaseSettings(BaseModel):
     """Where Postgres is. ``DATABASE_URL`` wins; otherwise the RDS secret plus host/name."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     url: str | None = None
     secret_arn: str | None = None
@@ -30,7 +30,7 @@ class DatabaseSettings(BaseModel):
 
 
 class ApiSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     max_body_bytes: int = Field(default=65_536, ge=1_024, le=6_000_000)
     #: Custom domain for links in responses; ``None`` means "the host the request came to".
@@ -70,7 +70,7 @@ class CheckoutSettings(BaseModel):
     """What the checkout functions need; the API side holds only the account xpub, never a private key."""
 
     # A mistakenly pasted xprv must never reach a log through a validation error.
-    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True, defer_build=True)
 
     deposit_xpub: str | None = None
     kms_key_id: str | None = None
@@ -95,7 +95,7 @@ def get_checkout_settings() -> CheckoutSettings:
 class NotificationSettings(BaseModel):
     """The outbox dispatcher: email sender, KMS key of the stored secrets, timeouts, retry policy."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     #: Verified SES identity (address) emails are sent from; unset → email rows wait (and retry).
     sender: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -141,7 +141,7 @@ class GoogleSettings(BaseModel):
     ``roles/serviceusage.apiKeysAdmin`` on the project. See docs/gemini-keys.md.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     #: Project id (6–30 chars) or number; unset → the Gemini provisioner is unavailable.
     project_id: str | None = Field(default=None, pattern=r"^([a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]{1,20})$")
