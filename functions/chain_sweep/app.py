@@ -10,14 +10,14 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from billing.adapters.chain.readers import EnvChainReaders
 from billing.adapters.postgres.sweep_store import PostgresSweepTransactions
 from billing.adapters.postgres.transactions import PostgresTransactions
-from billing.api.observability import logger, metrics, tracer
+from billing.api.jobs import scheduled_job
+from billing.api.observability import logger
 from billing.domain.chains import chain_registry
 from billing.domain.errors import DependencyUnavailable
 from billing.services.sweeper import ChainSenders, Sweeper
@@ -92,19 +92,9 @@ def build_sweeper(environ: Mapping[str, str]) -> Sweeper:
     )
 
 
-@logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics
+@scheduled_job("chain sweep", unavailable_metric="chain_sweep_unavailable")
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
+    """Not configured, or the RPC / database / Secrets Manager down: nothing was sent."""
     sweep = ChainSweepInput.model_validate(event)
-    try:
-        outcome = build_sweeper(os.environ).sweep_chain(sweep.chain).as_metrics()
-    except DependencyUnavailable as error:
-        # Not configured, or the RPC / database / Secrets Manager is down: nothing was sent.
-        # The next scheduled run tries again; the metric is what an alarm watches.
-        logger.error("chain sweep could not run", extra={"chain": sweep.chain, "reason": error.detail})
-        outcome = {"chain_sweep_unavailable": 1}
-    for name, count in outcome.items():
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
-    logger.info("chain sweep done", extra={"chain": sweep.chain, **outcome})
-    return outcome
+    logger.append_keys(chain=sweep.chain)  # on every line of this run
+    return build_sweeper(os.environ).sweep_chain(sweep.chain).as_metrics()

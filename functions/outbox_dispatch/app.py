@@ -9,13 +9,11 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing.adapters.http_delivery import UrllibJsonPoster
 from billing.adapters.postgres.outbox_store import PostgresOutbox
-from billing.api.observability import logger, metrics, tracer
-from billing.domain.errors import DependencyUnavailable
+from billing.api.jobs import scheduled_job
 from billing.domain.notifications import RetryPolicy
 from billing.services.notifications import (
     DispatchPolicy,
@@ -71,22 +69,15 @@ def dispatcher() -> OutboxDispatcher:
     )
 
 
-@logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics
+@scheduled_job("outbox dispatch", unavailable_metric="OutboxDispatchUnavailable")
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
+    """If the database is down, nothing was claimed, or claimed rows come back after their lease."""
     request = OutboxDispatchInput.model_validate(event)
-    try:
-        outcome = dispatcher().run(
+    return (
+        dispatcher()
+        .run(
             time_left=lambda: timedelta(milliseconds=context.get_remaining_time_in_millis()),
             kinds=request.kinds,
         )
-        result = outcome.as_metrics()
-    except DependencyUnavailable as error:
-        # The database is down: nothing was claimed, or claimed rows come back after their lease.
-        logger.error("outbox dispatch could not run", extra={"reason": error.detail})
-        result = {"OutboxDispatchUnavailable": 1}
-    for name, count in result.items():
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
-    logger.info("outbox dispatch done", extra=result)
-    return result
+        .as_metrics()
+    )

@@ -10,12 +10,10 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing.adapters.postgres.transactions import PostgresTransactions
-from billing.api.observability import logger, metrics, tracer
-from billing.domain.errors import DependencyUnavailable
+from billing.api.jobs import scheduled_job
 from billing.services.usage_estimator import UsageEstimator, UsageEstimatorInput
 
 
@@ -26,17 +24,8 @@ def _estimator() -> UsageEstimator:
     return UsageEstimator(PostgresTransactions(), CloudWatchUsageMetrics())
 
 
-@logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics
+@scheduled_job("usage estimator", unavailable_metric="UsageEstimatorUnavailable")
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
+    """If the database is down, nothing was charged; the next window's cumulative totals catch up."""
     request = UsageEstimatorInput.model_validate(event)
-    try:
-        result = _estimator().run(datetime.now(UTC), lookback_days=request.lookback_days).as_metrics()
-    except DependencyUnavailable as error:
-        # The database is down: nothing was charged; the next window's cumulative totals catch up.
-        logger.error("usage estimator could not run", extra={"reason": error.detail})
-        result = {"UsageEstimatorUnavailable": 1}
-    for name, count in result.items():
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
-    return result
+    return _estimator().run(datetime.now(UTC), lookback_days=request.lookback_days).as_metrics()
