@@ -845,3 +845,81 @@ def test_folders_of_reads_that_died_are_removed(tmp_path: Path) -> None:
     list(parsed.costs)
 
     assert [folder.name for folder in base.iterdir()] == ["delivery-recent"]  # another read may be using it
+
+
+# ---------------------------------------------------------------- one gzip file through several FIFOs
+def write_many_rows(path: Path, *, line_ends_in_quotes: bool) -> None:
+    """About 7 MB of CSV (several pieces for the FIFOs), quoted commas, and optionally quoted line ends."""
+    header = [
+        "identity/LineItemId",
+        "lineItem/LineItemType",
+        "lineItem/UsageStartDate",
+        "lineItem/ProductCode",
+        "lineItem/UsageType",
+        "lineItem/ResourceId",
+        "lineItem/UnblendedCost",
+        "lineItem/LineItemDescription",
+        "resourceTags/user:officex_purchase_id",
+    ]
+    usage_types = ["Requests-Tier1", "USW2-TimedStorage-ByteHrs", "USE1-CAN1-AWS-Out-Bytes", "EarlyDelete"]
+    rows = []
+    for number in range(50_000):
+        description = "$0.004 per 10,000 GET, and all other requests"
+        if line_ends_in_quotes and number % 9_973 == 5:
+            description = "first line,\nsecond line"
+        rows.append(
+            [
+                f"line-{number}",
+                "Usage",
+                f"2023-11-{1 + number % 30:02d}T{number % 24:02d}:00:00.000Z",
+                "AmazonS3" if number % 10 else "AmazonEC2",
+                usage_types[number % 4],
+                f"officex-{number % 500:05d}-data",
+                f"{number % 997}.{number:010d}" if number % 7 else f"1.{number % 89 + 1}E-8",
+                description,
+                f"P{number % 500:05d}" if number % 3 == 0 else "",
+            ]
+        )
+    write_gzip_csv(path, header, rows, level=1)
+
+
+@pytest.mark.parametrize("line_ends_in_quotes", [False, True])
+def test_a_gzip_file_cut_into_fifos_reads_as_through_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line_ends_in_quotes: bool
+) -> None:
+    """Cut blind to quotes, proven by one row per line; a quoted line end sends it through one FIFO again."""
+    write_many_rows(tmp_path / "big.csv.gz", line_ends_in_quotes=line_ends_in_quotes)
+    delivery = make_delivery(NOVEMBER, ["big.csv.gz"], ExportFormat.LEGACY_CUR)
+    fifos_per_read: list[int] = []
+    insert = cost_export_reader._DeliveryReading._insert
+
+    def counting_insert(self: object, *args: object) -> object:
+        fifos_per_read.append(int(str(args[-1])))
+        return insert(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cost_export_reader._DeliveryReading, "_insert", counting_insert)
+
+    def outcome(threads: int) -> tuple[int, int, set[BucketDayCost], list[UnattributedCost]]:
+        parsed = read_delivery(delivery, opener(tmp_path), ReaderSettings(threads=threads))
+        return parsed.rows_read, parsed.s3_rows, set(parsed.costs), parsed.unattributed
+
+    through_one = outcome(1)
+    assert fifos_per_read == [1]
+    fifos_per_read.clear()
+
+    assert outcome(2) == through_one
+    assert through_one[0] == 50_000
+    assert fifos_per_read == ([2, 1] if line_ends_in_quotes else [2])
+
+
+def test_a_csv_error_in_a_file_cut_into_fifos_is_reported_with_its_line_in_the_file(
+    tmp_path: Path, legacy_variant: tuple[list[str], list[list[str]]]
+) -> None:
+    header, rows = legacy_variant
+    rows = rows * 40  # several pieces
+    rows[30_000] = rows[30_000][:40]
+    write_gzip_csv(tmp_path / "officex-s3-00001.csv.gz", header, rows)
+    delivery = make_delivery(NOVEMBER, ["officex-s3-00001.csv.gz"], ExportFormat.LEGACY_CUR)
+    with pytest.raises(DeliveryRejected) as rejected:
+        read_delivery(delivery, opener(tmp_path), ReaderSettings(threads=2))
+    assert "CSV Error on Line: 30002" in rejected.value.reason

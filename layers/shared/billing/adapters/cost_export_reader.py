@@ -68,9 +68,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
 import gzip
 import os
+import select
 import shutil
 import sys
 import tempfile
@@ -82,7 +84,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from billing.domain.cost_export import (
     BucketDayCost,
@@ -114,6 +116,11 @@ _CHUNK_BYTES = 256 * 1024
 #: DuckDB's CSV read buffer (its default is larger, allocated outside the aggregate's spillable memory).
 _CSV_BUFFER_BYTES = 4 * 1024 * 1024
 _INFLATE_BYTES = 1024 * 1024
+_POLL_SECONDS = 0.1
+_OPEN_RETRY_SECONDS = 0.002
+_CLOSED = -1  # a FIFO descriptor already closed
+#: A line longer than this is not cut into FIFOs (DuckDB's own limit, max_line_size, is 2 MB).
+_LONGEST_LINE_BYTES = 8 * 1024 * 1024
 _MAX_REASON = 400
 _STALE_FOLDER_SECONDS = 6 * 3600  # longer than any read (the function times out after 15 minutes)
 _DATA_TRANSFER = r"DataTransfer|-(In|Out)-A?Bytes"
@@ -133,9 +140,9 @@ class ReaderSettings:
     """DuckDB limits. Defaults measured with bench/cost_export.py (docs/benchmarks.md)."""
 
     memory_limit: str = "192MB"
-    #: A gzip CSV arrives through a pipe and is parsed on one thread whatever this says (our
-    #: inflating thread is extra); more threads only help Parquet and plain CSV, and cost memory.
-    threads: int = 1
+    #: DuckDB threads; a gzip CSV is cut into as many FIFOs, one parsed per thread (our inflating
+    #: thread is extra). They share ``memory_limit``.
+    threads: int = 2
     temp_directory: str | None = None  # default: <tempdir>/cost-export-duckdb
     fetch_rows: int = 10_000
 
@@ -340,13 +347,16 @@ def _fields_for(columns: _Columns, key: str) -> _Fields:
 class _FilePass(threading.Thread):
     """Reads a data file once through the caller's handle (download progress, local replays).
 
-    Gzip files are inflated here, every member checked against its CRC-32 and length (DuckDB
-    notices truncation but checks no CRC), and with ``pipe_to`` the inflated CSV is written into
-    that FIFO, which DuckDB reads as plain CSV: one inflate per file, on a thread of its own.
-    ``copy_to`` receives the raw bytes (files that are not on disk). ``error`` says what is wrong
-    with the data; ``outage`` holds what the handle, the pipe or the spool file raised (an I/O
-    failure: the delivery is retried, never rejected); ``interrupted`` that the reader of the pipe
-    stopped early.
+    Gzip files are inflated here (``zlib-ng``, else ``zlib``), every member checked against its
+    CRC-32 and length (DuckDB notices truncation but checks no CRC), and with ``pipes_to`` the
+    inflated CSV is written into those FIFOs, which DuckDB reads as plain CSV: one inflate per
+    file, on a thread of its own. With several FIFOs the CSV is cut at line ends and each piece
+    goes to whichever FIFO DuckDB is ready to read, after a copy of the header line, so DuckDB
+    parses them on as many threads; ``lines`` counts the line ends, which lets the caller prove
+    that no cut fell inside a quoted field. ``copy_to`` receives the raw bytes (files that are not
+    on disk). ``error`` says what is wrong with the data; ``outage`` holds what the handle or the
+    spool file raised (an I/O failure: the delivery is retried, never rejected); ``completed``
+    that everything was written and the FIFOs closed.
     """
 
     def __init__(
@@ -355,63 +365,68 @@ class _FilePass(threading.Thread):
         *,
         inflate: bool,
         copy_to: IO[bytes] | None = None,
-        pipe_to: str | None = None,
+        pipes_to: tuple[str, ...] = (),
     ) -> None:
         super().__init__(name="cost-export-file-pass", daemon=True)
         self._handle = handle
         self._inflate = inflate
         self._copy_to = copy_to
-        self._pipe_to = pipe_to
-        self._pipe: int | None = None
+        self._pipes_to = pipes_to
         self._stop_requested = threading.Event()
         self.error: str | None = None
         self.outage: BaseException | None = None
-        self.interrupted = False
+        self.completed = False
+        self.lines = 0  # line ends in the inflated CSV (counted when it is cut into several FIFOs)
+        self.ends_without_line_end = False  # a last line without "\n"
+        self.unsplittable = False  # a line too long to cut at: read the file again through one FIFO
+
+    def rows_if_split_at_records(self) -> int | None:
+        """The rows DuckDB reads when every line end is a record's end; ``None`` if not worked out."""
+        if self.unsplittable or self.lines == 0:
+            return None
+        return self.lines - 1 + (1 if self.ends_without_line_end else 0)  # less the header line
 
     def run(self) -> None:
+        inflate_errors: tuple[type[Exception], ...] = (zlib.error,)
+        pipes: _Pipes | None = None
         try:
-            if self._pipe_to is not None:
-                self._pipe = os.open(self._pipe_to, os.O_WRONLY)  # waits for DuckDB to open it
-                _grow_pipe(self._pipe)
-            self._read()
+            inflater_type, inflate_errors = _inflater_type()
+            if self._pipes_to:
+                pipes = _Pipes(self._pipes_to, self._stop_requested)
+            self._read(inflater_type, pipes)
+            read_to_the_end = not self._stop_requested.is_set()
+            if pipes is not None:
+                flushed = pipes.close()
+                pipes = None
+                read_to_the_end = read_to_the_end and flushed
+            self.completed = read_to_the_end
         except BrokenPipeError:
-            self.interrupted = True
-        except zlib.error as error:
+            pass  # DuckDB stopped reading: ``completed`` stays false
+        except inflate_errors as error:
             self.error = f"corrupt gzip data ({error})"
         except Exception as error:
             # A reset connection, a read timeout, a disk error: the data may be fine, so this is
             # an outage (re-raised by the caller: the event is retried), not a rejected delivery.
             self.outage = error
         finally:
-            if self._pipe is not None:
-                os.close(self._pipe)
+            if pipes is not None:
+                pipes.close(flush=False)
 
     def finish(self, *, reader_failed: bool) -> None:
-        """Wait for the pass to end; when the reader failed, stop it (and empty the pipe for it)."""
-        if reader_failed:
+        """Wait for the pass to end; stop it first when the reader failed or is done with the FIFOs.
+
+        DuckDB sees the end of a FIFO only once the pass has closed it, so after a successful
+        read a pass still writing means DuckDB stopped reading early (``completed`` stays false).
+        """
+        if reader_failed or self._pipes_to:
             self._stop_requested.set()
-        if self._pipe_to is not None and self.is_alive():
-            # DuckDB may never have opened the pipe, or stopped reading it: read it ourselves, so
-            # the writer is never left waiting, until it has stopped.
-            drain = os.open(self._pipe_to, os.O_RDONLY | os.O_NONBLOCK)
-            try:
-                while self.is_alive():
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(drain, _INFLATE_BYTES)
-                    self.join(0.001)
-            finally:
-                os.close(drain)
         self.join()
 
-    def _write(self, data: bytes) -> None:
-        assert self._pipe is not None
-        view = memoryview(data)
-        while view and not self._stop_requested.is_set():
-            view = view[os.write(self._pipe, view) :]
-
-    def _read(self) -> None:
+    def _read(self, inflater_type: Callable[..., Any], pipes: _Pipes | None) -> None:
         inflater: Any = None
         members = 0
+        lines = _Lines(pipes) if pipes is not None and pipes.count > 1 else None
+        send = lines.send if lines is not None else pipes.send if pipes is not None else None
         while not self._stop_requested.is_set():
             chunk = self._handle.read(_CHUNK_BYTES)
             if not chunk:
@@ -423,22 +438,198 @@ class _FilePass(threading.Thread):
             data = chunk
             while data and not self._stop_requested.is_set():
                 if inflater is None:
-                    inflater = zlib.decompressobj(wbits=31)
+                    inflater = inflater_type(wbits=31)
                 inflated = inflater.decompress(data, _INFLATE_BYTES)
-                if self._pipe is not None:
-                    self._write(inflated)
+                if send is not None:
+                    send(inflated)
                 if inflater.eof:
                     members += 1
                     data = inflater.unused_data
                     inflater = None
                 else:
                     data = inflater.unconsumed_tail
-        if self._stop_requested.is_set() or not self._inflate:
-            return
-        if inflater is not None:
+        if self._inflate and not self._stop_requested.is_set():
+            self._end_of_gzip(ended_inside_a_member=inflater is not None, members=members, lines=lines)
+
+    def _end_of_gzip(self, *, ended_inside_a_member: bool, members: int, lines: _Lines | None) -> None:
+        if ended_inside_a_member:
             self.error = "truncated gzip file (it ends inside a gzip member)"
         elif members == 0:
             self.error = "empty file (no gzip data)"
+        elif lines is not None:
+            lines.finish()
+            self.lines, self.ends_without_line_end = lines.count, lines.ends_without_line_end
+            self.unsplittable = lines.unsplittable
+
+
+def _inflater_type() -> tuple[Callable[..., Any], tuple[type[Exception], ...]]:
+    """``zlib-ng`` (about twice as fast, same checks and messages) when installed, else ``zlib``."""
+    try:
+        from zlib_ng import zlib_ng  # noqa: PLC0415 - only the cost-export layer ships it
+    except ImportError:  # pragma: no cover - the layer and the dev requirements have it
+        return zlib.decompressobj, (zlib.error,)
+    # zlib_ng.pyi declares ``error`` as an instance; it is the module's exception class.
+    zlib_ng_error = cast("type[Exception]", zlib_ng.error)
+    return zlib_ng.decompressobj, (zlib_ng_error, zlib.error)
+
+
+class _Pipes:
+    """Non-blocking writers into FIFOs that DuckDB reads, each piece to whichever is free first.
+
+    A FIFO is opened for writing once DuckDB has opened it for reading (opening it earlier would
+    block, and closing it before DuckDB opens it would leave DuckDB waiting for a writer), so
+    DuckDB may open the FIFOs in any order, or one after another: what is queued on a FIFO not
+    yet open waits in memory (one piece), the next pieces go to the others. ``close`` waits until
+    DuckDB has opened every FIFO and taken all that was queued. Waits last at most
+    ``_POLL_SECONDS`` at a time, so a stop request is seen promptly. A FIFO that DuckDB closed
+    early raises ``BrokenPipeError``.
+    """
+
+    def __init__(self, paths: tuple[str, ...], stop_requested: threading.Event) -> None:
+        self._paths = paths
+        self._stop_requested = stop_requested
+        self._descriptors: list[int | None] = [None] * len(paths)
+        self._pending: list[memoryview | None] = [None] * len(paths)
+        self._next = 0
+        self.count = len(paths)
+
+    def send(self, data: bytes | memoryview, pipe: int | None = None) -> None:
+        """Queue ``data`` whole on one FIFO (``pipe``, or the next one without queued bytes)."""
+        if not data:
+            return
+        while not self._stop_requested.is_set():
+            chosen = pipe if pipe is not None else self._free_pipe()
+            if chosen is not None and self._pending[chosen] is None:
+                self._pending[chosen] = memoryview(data)
+                self._write(chosen)
+                return
+            self._wait()
+
+    def _free_pipe(self) -> int | None:
+        for offset in range(self.count):
+            index = (self._next + offset) % self.count
+            if self._pending[index] is None:
+                self._next = (index + 1) % self.count
+                return index
+        return None
+
+    def _opened(self, index: int) -> int | None:
+        descriptor = self._descriptors[index]
+        if descriptor is None:
+            try:
+                descriptor = os.open(self._paths[index], os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as error:
+                if error.errno == errno.ENXIO:  # DuckDB has not opened it yet
+                    return None
+                raise
+            self._descriptors[index] = descriptor
+            _grow_pipe(descriptor)
+        return descriptor if descriptor != _CLOSED else None
+
+    def _write(self, index: int) -> None:
+        view = self._pending[index]
+        descriptor = self._opened(index)
+        if view is None or descriptor is None:
+            return
+        try:
+            written = os.write(descriptor, view)
+        except BlockingIOError:
+            return
+        self._pending[index] = view[written:] if written < len(view) else None
+
+    def _wait(self) -> None:
+        """Write on until DuckDB has taken more (or a stop is requested)."""
+        poller = select.poll()
+        waiting_for_open = False
+        for index, view in enumerate(self._pending):
+            if self._descriptors[index] == _CLOSED:
+                continue
+            descriptor = self._opened(index)
+            if descriptor is None:
+                waiting_for_open = True
+            elif view is not None:
+                poller.register(descriptor, select.POLLOUT)
+        timeout = _OPEN_RETRY_SECONDS if waiting_for_open else _POLL_SECONDS
+        for descriptor, _events in poller.poll(timeout * 1000):
+            self._write(self._descriptors.index(descriptor))
+
+    def close(self, *, flush: bool = True) -> bool:
+        """Close each FIFO once DuckDB has opened it and taken what is queued on it (or it is dropped).
+
+        DuckDB then sees the end of that FIFO, and may go on to open the next. A FIFO is never
+        closed before DuckDB opened it: DuckDB would wait for a writer forever. Without ``flush``
+        (the pass failed) what is queued is dropped. Waits until every FIFO is closed or a stop is
+        requested; returns whether everything queued was written.
+        """
+        written = True
+        if not flush:
+            written = all(view is None for view in self._pending)
+            self._pending = [None] * self.count
+        while True:
+            for index, descriptor in enumerate(self._descriptors):
+                if descriptor not in (None, _CLOSED) and self._pending[index] is None:
+                    os.close(descriptor)
+                    self._descriptors[index] = _CLOSED
+            if all(descriptor == _CLOSED for descriptor in self._descriptors):
+                return written
+            if self._stop_requested.is_set():
+                break
+            self._wait()
+        for index, descriptor in enumerate(self._descriptors):
+            if descriptor not in (None, _CLOSED):
+                os.close(descriptor)
+            self._descriptors[index] = _CLOSED
+        return False
+
+
+class _Lines:
+    """Cuts inflated CSV at line ends into pieces for several FIFOs, each led by the header line.
+
+    The cut is blind to quotes: a quoted field may hold a line end. ``count`` says how many line
+    ends there were; the caller compares the rows DuckDB read with it, and reads the file again
+    through one FIFO when they differ (see ``_DeliveryReading._aggregate``).
+    """
+
+    def __init__(self, pipes: _Pipes) -> None:
+        self._pipes = pipes
+        self._header: bytes | None = None
+        self._rest = b""  # a line begun in the previous piece
+        self.count = 0
+        self.ends_without_line_end = False
+        self.unsplittable = False
+
+    def send(self, data: bytes) -> None:
+        if self._rest:
+            data = self._rest + data
+        end = data.rfind(b"\n") + 1
+        if not end:
+            self._rest = data
+            self._spill_long_line()
+            return
+        self._rest = data[end:]
+        self.count += data.count(b"\n", 0, end)
+        if data.find(b"\r", 0, end) >= 0 and data.count(b"\r", 0, end) != data.count(b"\r\n", 0, end):
+            self.unsplittable = True  # a lone CR may end a record too: the line count proves nothing
+        start = 0
+        if self._header is None:
+            start = data.index(b"\n") + 1
+            self._header = data[:start]
+            for pipe in range(self._pipes.count):
+                self._pipes.send(self._header, pipe)
+        self._pipes.send(memoryview(data)[start:end])
+
+    def _spill_long_line(self) -> None:
+        """A line longer than any CSV record we accept: let DuckDB say so (through one FIFO)."""
+        if len(self._rest) > _LONGEST_LINE_BYTES:
+            self._pipes.send(self._rest, 0)
+            self._rest = b""
+            self.unsplittable = True  # the caller reads the file again, through one FIFO
+
+    def finish(self) -> None:
+        if self._rest:
+            self.ends_without_line_end = True
+            self._pipes.send(self._rest, 0 if self._header is None else None)
+            self._rest = b""
 
 
 def _outage(key: str, error: BaseException) -> DependencyUnavailable:
@@ -656,6 +847,7 @@ class _Database:
         os.makedirs(base, exist_ok=True)
         _remove_stale_folders(base)
         self.directory = tempfile.mkdtemp(prefix="delivery-", dir=base)
+        self.threads = max(1, settings.threads)
         self.connection = duckdb.connect(
             ":memory:",
             config={
@@ -689,6 +881,7 @@ class _DeliveryReading:
 
         self.connection = database.connection
         self.directory = database.directory
+        self.pipes = database.threads
         self.delivery = delivery
         self.period_end = _period_end(delivery.billing_period)
         self.without_resource_ids: list[tuple[str, _Fields]] = []
@@ -745,43 +938,83 @@ class _DeliveryReading:
     def _aggregate(self, data_file: _DataFile, handle: IO[bytes]) -> None:
         """One file into ``agg``, while a ``_FilePass`` reads ``handle`` (the same file) alongside.
 
-        A gzip CSV reaches DuckDB through a FIFO, inflated (and checked) by the pass.
+        A gzip CSV reaches DuckDB inflated (and checked) by the pass, through one FIFO per DuckDB
+        thread. The pass cuts the CSV at line ends, blind to quotes; when DuckDB then read exactly
+        one row per line (less the header), no cut fell inside a quoted field and the result is
+        the one a single FIFO gives (``_Lines``). Otherwise, or when DuckDB failed, the file is read
+        again through one FIFO: for the result, or for the exact reason (its line numbers).
         """
         columns = self._columns(data_file)
         fields = _fields_for(columns, data_file.key)
         if fields.resource is None:
             self.without_resource_ids.append((data_file.key, fields))
-        source = _source(data_file.kind, len(columns.names))
-        if data_file.kind == "csv.gz":
-            pipe = os.path.join(self.directory, f"inflated-{data_file.number}.csv")
-            os.mkfifo(pipe, 0o600)
-            file_pass = _FilePass(handle, inflate=True, pipe_to=pipe)
-            sql, target = _insert_file(data_file.number, fields, _source("csv", len(columns.names))), pipe
-        else:
-            pipe = None
-            file_pass = _FilePass(handle, inflate=False)
-            sql, target = _insert_file(data_file.number, fields, source), data_file.path
-        file_pass.start()
-        failure: Exception | None = None
-        try:
-            self.connection.execute(sql, [target])
-        except self.data_errors as error:
-            if isinstance(error, self.io_error) and not _about_the_file(error, target):
-                raise  # e.g. the spill directory is full: not the delivery's fault, retry
-            failure = error
-        finally:
-            file_pass.finish(reader_failed=sys.exc_info()[0] is not None or failure is not None)
-            if pipe is not None:
-                os.unlink(pipe)
+        width = len(columns.names)
+        pipes = self.pipes if data_file.kind == "csv.gz" else 1
+        file_pass, failure = self._insert(data_file, fields, width, handle, pipes)
+        if (
+            pipes > 1
+            and file_pass.outage is None
+            and file_pass.error is None
+            and (failure is not None or not self._read_one_row_per_line(data_file, file_pass))
+        ):
+            self.connection.execute("DELETE FROM agg WHERE file_no = ?", [data_file.number])
+            with open(data_file.path, "rb") as again:
+                file_pass, failure = self._insert(data_file, fields, width, again, 1)
         if file_pass.outage is not None:  # before DuckDB's complaint about the pipe it cut short
             raise _outage(data_file.key, file_pass.outage)
         if file_pass.error is not None:
             raise DeliveryRejected(f"{data_file.key}: {file_pass.error}")
         if failure is not None:
             raise DeliveryRejected(f"{data_file.key}: {_duckdb_reason(failure)}")
-        if file_pass.interrupted:
+        if not file_pass.completed:
             raise DeliveryRejected(f"{data_file.key}: the file was not read to its end")
-        self._check_values(data_file, fields, source)
+        self._check_values(data_file, fields, _source(data_file.kind, width))
+
+    def _insert(
+        self, data_file: _DataFile, fields: _Fields, width: int, handle: IO[bytes], pipes: int
+    ) -> tuple[_FilePass, Exception | None]:
+        """Group the file into ``agg``; the pass that read it, and DuckDB's complaint about the data."""
+        paths: tuple[str, ...] = ()
+        if data_file.kind == "csv.gz":
+            paths = tuple(
+                os.path.join(self.directory, f"inflated-{data_file.number}-{pipe}.csv")
+                for pipe in range(pipes)
+            )
+            for path in paths:
+                os.mkfifo(path, 0o600)
+            file_pass = _FilePass(handle, inflate=True, pipes_to=paths)
+            sql = _insert_file(data_file.number, fields, _source("csv", width))
+            target: str | list[str] = paths[0] if len(paths) == 1 else list(paths)
+        else:
+            file_pass = _FilePass(handle, inflate=False)
+            sql, target = (
+                _insert_file(data_file.number, fields, _source(data_file.kind, width)),
+                data_file.path,
+            )
+        file_pass.start()
+        failure: Exception | None = None
+        try:
+            self.connection.execute(sql, [target])
+        except self.data_errors as error:
+            if isinstance(error, self.io_error) and not any(
+                _about_the_file(error, path) for path in paths or (data_file.path,)
+            ):
+                raise  # e.g. the spill directory is full: not the delivery's fault, retry
+            failure = error
+        finally:
+            file_pass.finish(reader_failed=sys.exc_info()[0] is not None or failure is not None)
+            for path in paths:
+                os.unlink(path)
+        return file_pass, failure
+
+    def _read_one_row_per_line(self, data_file: _DataFile, file_pass: _FilePass) -> bool:
+        expected = file_pass.rows_if_split_at_records()
+        if expected is None:
+            return False
+        row = self.connection.execute(
+            "SELECT coalesce(sum(row_count), 0) FROM agg WHERE file_no = ?", [data_file.number]
+        ).fetchone()
+        return row is not None and int(row[0]) == expected
 
     def _check_values(self, data_file: _DataFile, fields: _Fields, source: str) -> None:
         """Amounts missing or not numbers, S3 usage starts that are not times: reject, with an example.
