@@ -19,9 +19,10 @@ handle that fails while it is read (a reset stream, a disk error) is an outage, 
 **Engine.** DuckDB, imported lazily (only the cost-export function ships it, in its own
 layer). It reads CSV and Parquet natively in bounded memory (``memory_limit``; beyond it the
 grouped rows and hash tables spill to ``temp_directory`` under ``/tmp``). Gzip files are inflated
-by a thread of ours with ``zlib``, which checks every member's CRC-32 and length (DuckDB notices a
-truncated gzip but checks no CRC: a flipped byte can inflate to a different amount), and handed
-to DuckDB through a FIFO as plain CSV, so each file is inflated once and on its own core. CSV is
+by a thread of ours with ``zlib-ng`` (``zlib`` if absent), which checks every member's CRC-32 and
+length (DuckDB notices a truncated gzip but checks no CRC: a flipped byte can inflate to a different
+amount), and handed to DuckDB as plain CSV through one FIFO per DuckDB thread (cut at line ends,
+checked afterwards: see ``_DeliveryReading._aggregate``), so each file is inflated once. CSV is
 read with every column as VARCHAR under positional names (``c0``, ``c1``…; CUR tag columns may
 differ only in case, which DuckDB identifiers do not), with the dialect fixed (``,`` ``"`` ``"``,
 header, strict column count) and no sniffing. Each file is grouped per charge key as it is read;
