@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class ExportFormat(StrEnum):
@@ -47,9 +48,12 @@ class Delivery:
     data_keys: tuple[str, ...]  # exactly the files the manifest lists
 
 
-@dataclass(frozen=True)
-class ChargeKey:
-    """What one charge is for: restatements are settled per key."""
+class ChargeKey(NamedTuple):
+    """What one charge is for: restatements are settled per key.
+
+    Named tuples, not dataclasses: a month's export has about a million keys, and a frozen
+    dataclass costs twice as much to build (docs/benchmarks.md, "Cost export").
+    """
 
     bucket: str
     purchase_tag: str | None  # the `officex_purchase_id` resource tag, when the row carries it
@@ -57,8 +61,7 @@ class ChargeKey:
     kind: ChargeKind
 
 
-@dataclass(frozen=True)
-class BucketDayCost:
+class BucketDayCost(NamedTuple):
     key: ChargeKey
     cost: Decimal  # AWS cost for the key, net of credits and refunds in the same delivery
 
