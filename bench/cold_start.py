@@ -3,9 +3,10 @@
 A Lambda cold start pays for importing ``app.py`` (and the shared layer it pulls
 in) before the first request. For each folder under ``functions/`` this runs
 ``python -c "import app"`` in a new process with the layer and the function on
-``sys.path`` (as Lambda lays them out), ``--runs`` times, and reports the
-median and the worst wall time of the import, plus whether a chain library
-(web3, eth_account, eth_abi) was loaded by it.
+``sys.path`` (as Lambda lays them out), ``--runs`` rounds over all functions
+after one uncounted warm-up round, and reports the median and the worst wall
+time of the import, plus whether a chain library (web3, eth_account, eth_abi)
+was loaded by it.
 
 Routes that touch a chain import web3 lazily, on their first chain call; for
 them the table also reports import + ``import web3`` (what their first request
@@ -100,7 +101,16 @@ class ColdStart:
         return found
 
 
-def measure(folder: str, runs: int) -> ColdStart:
+@dataclass(frozen=True)
+class _Probe:
+    """One fresh interpreter importing one function's handler."""
+
+    import_s: float
+    first_call_s: float  # import + web3 for chain functions, = import otherwise
+    chain_modules: list[str]
+
+
+def probe(folder: str) -> _Probe:
     chain = folder in CHAIN_FUNCTIONS
     environment = {
         **{key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "AWS_"))},
@@ -108,25 +118,45 @@ def measure(folder: str, runs: int) -> ColdStart:
         "PYTHONPATH": os.pathsep.join([str(FUNCTIONS_DIR / folder), str(LAYER_DIR)]),
         "PYTHONDONTWRITEBYTECODE": "",
     }
-    probe = _PROBE.format(modules=CHAIN_MODULES, with_web3=chain)
-    imports, first_calls, modules = [], [], []
+    finished = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(modules=CHAIN_MODULES, with_web3=chain)],
+        cwd=FUNCTIONS_DIR / folder,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if finished.returncode != 0:
+        raise SystemExit(f"{folder}: import failed\n{finished.stderr}")
+    result = json.loads(finished.stdout.strip().splitlines()[-1])
+    return _Probe(result["import_s"], result["import_s"] + (result["web3_s"] or 0.0), result["chain_modules"])
+
+
+def measure(folders: list[str], runs: int) -> list[ColdStart]:
+    """``runs`` rounds over all ``folders``, after one round that is not counted.
+
+    Round-robin, not one function after another: this VM's speed drifts over tens of seconds (the
+    first imports after a quiet spell ran 30-50 % slower than the same imports a few seconds
+    later), so every function gets its share of slow and fast moments, and the warm-up round
+    takes the page cache and the ramp-up out of the figures.
+    """
+    for folder in folders:
+        probe(folder)
+    probes: dict[str, list[_Probe]] = {folder: [] for folder in folders}
     for _ in range(runs):
-        finished = subprocess.run(
-            [sys.executable, "-c", probe],
-            cwd=FUNCTIONS_DIR / folder,
-            env=environment,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
+        for folder in folders:
+            probes[folder].append(probe(folder))
+    return [
+        ColdStart(
+            folder,
+            folder in CHAIN_FUNCTIONS,
+            [found.import_s for found in probes[folder]],
+            [found.first_call_s for found in probes[folder]],
+            probes[folder][-1].chain_modules,
         )
-        if finished.returncode != 0:
-            raise SystemExit(f"{folder}: import failed\n{finished.stderr}")
-        result = json.loads(finished.stdout.strip().splitlines()[-1])
-        imports.append(result["import_s"])
-        first_calls.append(result["import_s"] + (result["web3_s"] or 0.0))
-        modules = result["chain_modules"]
-    return ColdStart(folder, chain, imports, first_calls, modules)
+        for folder in folders
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     folders = args.function or sorted(
         path.name for path in FUNCTIONS_DIR.iterdir() if (path / "app.py").exists()
     )
-    results = [measure(folder, args.runs) for folder in folders]
+    results = measure(folders, args.runs)
     if args.json:
         print(
             json.dumps(
