@@ -227,59 +227,71 @@ def _json_keys(document: str, keys: tuple[str, ...]) -> str:
     return f"CASE WHEN json_valid({document}) THEN coalesce({lookups}) END"
 
 
-def _legacy(columns: _Columns, key: str) -> _Fields:
-    cost, start, product, usage_type, line_type = columns.required(
-        key,
-        "lineItem/UnblendedCost",
-        "lineItem/UsageStartDate",
-        "lineItem/ProductCode",
-        "lineItem/UsageType",
-        "lineItem/LineItemType",
+@dataclass(frozen=True)
+class _LineItemColumns:
+    """Where a CUR (legacy or 2.0) keeps what the bill needs: the same columns under two spellings."""
+
+    column_set: str
+    cost: str
+    start: str
+    product: str
+    usage_type: str
+    line_item_type: str
+    resource: str
+
+
+_LEGACY_COLUMNS = _LineItemColumns(
+    column_set="legacy CUR",
+    cost="lineItem/UnblendedCost",
+    start="lineItem/UsageStartDate",
+    product="lineItem/ProductCode",
+    usage_type="lineItem/UsageType",
+    line_item_type="lineItem/LineItemType",
+    resource="lineItem/ResourceId",
+)
+_CUR2_COLUMNS = _LineItemColumns(
+    column_set="CUR 2.0",
+    cost="line_item_unblended_cost",
+    start="line_item_usage_start_date",
+    product="line_item_product_code",
+    usage_type="line_item_usage_type",
+    line_item_type="line_item_line_item_type",
+    resource="line_item_resource_id",
+)
+
+
+def _line_items(columns: _Columns, key: str, names: _LineItemColumns, tag: str) -> _Fields:
+    cost, start, product, usage_type, line_item_type = columns.required(
+        key, names.cost, names.start, names.product, names.usage_type, names.line_item_type
     )
     return _Fields(
-        column_set="legacy CUR",
-        resource_column="lineItem/ResourceId",
-        resource=columns.text("lineItem/ResourceId"),
-        cost_column="lineItem/UnblendedCost",
+        column_set=names.column_set,
+        resource_column=names.resource,
+        resource=columns.text(names.resource),
+        cost_column=names.cost,
         cost=cost,
-        start_column="lineItem/UsageStartDate",
+        start_column=names.start,
         start=start,
         product=product,
         is_s3=f"{product} = 'AmazonS3'",
-        is_tax=f"{line_type} = 'Tax'",
+        is_tax=f"{line_item_type} = 'Tax'",
         kind=f"coalesce({_kind_from_usage_type(usage_type)}, {_OTHER})",
-        tag=columns.text(LEGACY_TAG_COLUMN) or "NULL",
+        tag=tag,
     )
+
+
+def _legacy(columns: _Columns, key: str) -> _Fields:
+    return _line_items(columns, key, _LEGACY_COLUMNS, columns.text(LEGACY_TAG_COLUMN) or "NULL")
 
 
 def _cur2(columns: _Columns, key: str) -> _Fields:
-    cost, start, product, usage_type, line_type = columns.required(
-        key,
-        "line_item_unblended_cost",
-        "line_item_usage_start_date",
-        "line_item_product_code",
-        "line_item_usage_type",
-        "line_item_line_item_type",
-    )
     flat = columns.text(f"resource_tags_{CUR2_TAG_KEY}")  # legacy CUR in Parquet, or a split-out key
     candidates = [flat] if flat is not None else []
     document = columns.text("resource_tags")
     if document is not None:
         candidates.append(_json_keys(document, (CUR2_TAG_KEY, "user:officex_purchase_id")))
-    return _Fields(
-        column_set="CUR 2.0",
-        resource_column="line_item_resource_id",
-        resource=columns.text("line_item_resource_id"),
-        cost_column="line_item_unblended_cost",
-        cost=cost,
-        start_column="line_item_usage_start_date",
-        start=start,
-        product=product,
-        is_s3=f"{product} = 'AmazonS3'",
-        is_tax=f"{line_type} = 'Tax'",
-        kind=f"coalesce({_kind_from_usage_type(usage_type)}, {_OTHER})",
-        tag=f"coalesce({', '.join(candidates)})" if candidates else "NULL",
-    )
+    tag = f"coalesce({', '.join(candidates)})" if candidates else "NULL"
+    return _line_items(columns, key, _CUR2_COLUMNS, tag)
 
 
 def _focus(columns: _Columns, key: str) -> _Fields:
