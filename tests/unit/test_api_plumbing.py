@@ -13,7 +13,7 @@ from billing.api.problems import STATUS_BY_ERROR, billing_error_response
 from billing.domain import errors
 from billing.domain.api_keys import KeyRole, api_key_matches, generate_api_key, hash_api_key
 from billing.domain.purchase import PurchaseCredentials, Triggers
-from billing.services.purchases import authenticate_in
+from billing.services.purchases import authenticate_in, authenticated_view
 from local.handlers import LocalLambdaContext
 
 
@@ -68,6 +68,10 @@ class _FakePurchases:
     def credentials(self, purchase_id: UUID) -> PurchaseCredentials | None:
         return self.known.get(purchase_id)
 
+    def view_with_credentials(self, purchase_id: UUID) -> tuple[str, PurchaseCredentials] | None:
+        credentials = self.known.get(purchase_id)
+        return (f"view of {purchase_id}", credentials) if credentials else None
+
 
 class _FakeUnit:
     def __init__(self, purchases: _FakePurchases) -> None:
@@ -82,6 +86,9 @@ def test_unknown_purchase_malformed_id_and_wrong_key_fail_identically() -> None:
     )
     assert authenticate_in(unit, str(purchase_id), customer, KeyRole.CUSTOMER) == purchase_id  # type: ignore[arg-type]
     assert authenticate_in(unit, str(purchase_id), vendor, KeyRole.VENDOR) == purchase_id  # type: ignore[arg-type]
+    view = f"view of {purchase_id}"
+    assert authenticated_view(unit, str(purchase_id), customer, KeyRole.CUSTOMER) == view  # type: ignore[arg-type]
+    assert authenticated_view(unit, str(purchase_id), vendor, KeyRole.VENDOR) == view  # type: ignore[arg-type]
     details = set()
     for raw_id, key, role in [
         (str(uuid4()), customer, KeyRole.CUSTOMER),
@@ -90,9 +97,10 @@ def test_unknown_purchase_malformed_id_and_wrong_key_fail_identically() -> None:
         (str(purchase_id), vendor, KeyRole.CUSTOMER),
         (str(purchase_id), customer, KeyRole.VENDOR),
     ]:
-        with pytest.raises(errors.Unauthorized) as caught:
-            authenticate_in(unit, raw_id, key, role)  # type: ignore[arg-type]
-        details.add(caught.value.detail)
+        for check in (authenticate_in, authenticated_view):
+            with pytest.raises(errors.Unauthorized) as caught:
+                check(unit, raw_id, key, role)  # type: ignore[arg-type]
+            details.add(caught.value.detail)
     assert len(details) == 1
 
 

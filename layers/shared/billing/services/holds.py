@@ -21,7 +21,7 @@ from billing.domain.ledger import LedgerReceipt, place_hold
 from billing.domain.purchase import PurchaseStatus, PurchaseView
 from billing.services.ledger import apply_in
 from billing.services.ports import Transactions, UnitOfWork
-from billing.services.purchases import authenticate_in
+from billing.services.purchases import authenticated_view
 
 DEFAULT_HOLD_TTL = timedelta(minutes=5)
 MAX_HOLD_TTL = timedelta(hours=1)
@@ -61,8 +61,8 @@ class SpendAuthorizations:
         expires_at = self._clock() + request.ttl
 
         def hold(unit: UnitOfWork) -> AuthorizedHold:
-            purchase_id = authenticate_in(unit, raw_purchase_id, vendor_key, KeyRole.VENDOR)
-            before = _view(unit, purchase_id)
+            before = authenticated_view(unit, raw_purchase_id, vendor_key, KeyRole.VENDOR)
+            purchase_id = before.id
             hold_id = hold_id_for(purchase_id, request.idempotency_key)
             if before.status not in _HOLDING_STATUSES and unit.ledger.hold(purchase_id, hold_id) is None:
                 raise InsufficientFunds(

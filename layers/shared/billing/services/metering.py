@@ -22,16 +22,16 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from billing.domain.api_keys import KeyRole, api_key_matches, hash_api_key
+from billing.domain.api_keys import KeyRole, hash_api_key
 from billing.domain.catalog import GeminiPricing, Offer
-from billing.domain.errors import SAME_FOR_EVERY_AUTH_FAILURE, InvalidRequest, NotFound, Unauthorized
+from billing.domain.errors import SAME_FOR_EVERY_AUTH_FAILURE, InvalidRequest, Unauthorized
 from billing.domain.ledger import debit, release_hold
 from billing.domain.pricing import GeminiUsageMetadata, price_gemini_call
 from billing.domain.purchase import PurchaseStatus, PurchaseView
 from billing.domain.usage_charges import UsageCharge
 from billing.services.ledger import apply_in
 from billing.services.ports import Transactions, UnitOfWork
-from billing.services.purchases import authenticate_in, parse_purchase_id
+from billing.services.purchases import authenticated_view, parse_purchase_id
 
 BACKDATING_WINDOW = timedelta(days=35)
 FUTURE_SKEW = timedelta(minutes=5)
@@ -105,13 +105,10 @@ class MeteringService:
         now = self._clock()
 
         def charge(unit: UnitOfWork) -> MeteringOutcome:
-            purchase_id = authenticate_in(unit, raw_purchase_id, vendor_key, KeyRole.VENDOR)
-            purchase = unit.purchases.view(purchase_id)
-            if purchase is None:
-                raise NotFound("purchase not found")
+            purchase = authenticated_view(unit, raw_purchase_id, vendor_key, KeyRole.VENDOR)
             offer = _offer_if_priced(unit, purchase, events)
             metered = [self._charge_one(unit, purchase, event, now, offer) for event in events]
-            after = unit.purchases.view(purchase_id)
+            after = unit.purchases.view(purchase.id)
             assert after is not None
             return MeteringOutcome(after, metered)
 
@@ -126,12 +123,9 @@ class MeteringService:
         if purchase_id is None:
             raise Unauthorized(SAME_FOR_EVERY_AUTH_FAILURE)
         offer = None
-        if any(event.gemini for event in events):
-            found = unit.purchases.view_with_credentials(purchase_id)
-            # the same single hash-and-compare, and the same 401, as authenticate_in
-            if not api_key_matches(vendor_key, found[1].vendor_key_hash if found else None) or found is None:
-                raise Unauthorized(SAME_FOR_EVERY_AUTH_FAILURE)
-            offer = _offer_if_priced(unit, found[0], events)
+        if any(event.gemini for event in events):  # checked here too: nothing is priced for a stranger
+            purchase = authenticated_view(unit, raw_purchase_id, vendor_key, KeyRole.VENDOR)
+            offer = _offer_if_priced(unit, purchase, events)
         charges = [self._prepare(purchase_id, event, now, offer) for event in events]
         batch = unit.usage.charge_batch(purchase_id, key_hash, charges)
         metered = [

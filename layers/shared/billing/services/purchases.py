@@ -6,8 +6,8 @@ from dataclasses import dataclass, replace
 from uuid import UUID
 
 from billing.domain.api_keys import KeyRole, api_key_matches
-from billing.domain.errors import SAME_FOR_EVERY_AUTH_FAILURE, NotFound, Unauthorized
-from billing.domain.purchase import PurchaseView
+from billing.domain.errors import SAME_FOR_EVERY_AUTH_FAILURE, Unauthorized
+from billing.domain.purchase import PurchaseCredentials, PurchaseView
 from billing.services.ports import Transactions, UnitOfWork
 from billing.services.provisioning import ProvisioningHandoff
 
@@ -27,12 +27,32 @@ def authenticate_in(unit: UnitOfWork, raw_purchase_id: str, presented_key: str, 
     """
     purchase_id = parse_purchase_id(raw_purchase_id)
     credentials = unit.purchases.credentials(purchase_id) if purchase_id else None
+    _check_key(presented_key, credentials, role)
+    assert purchase_id is not None  # no credentials without a purchase
+    return purchase_id
+
+
+def authenticated_view(
+    unit: UnitOfWork, raw_purchase_id: str, presented_key: str, role: KeyRole
+) -> PurchaseView:
+    """The purchase as ``PurchaseStore.view`` reads it, if ``presented_key`` is its ``role`` key.
+
+    As :func:`authenticate_in`, in the same single read as the view (the key hashes ride along).
+    """
+    purchase_id = parse_purchase_id(raw_purchase_id)
+    found = unit.purchases.view_with_credentials(purchase_id) if purchase_id else None
+    _check_key(presented_key, found[1] if found else None, role)
+    assert found is not None  # no credentials without a purchase
+    return found[0]
+
+
+def _check_key(presented_key: str, credentials: PurchaseCredentials | None, role: KeyRole) -> None:
+    """One hash-and-compare whether or not the purchase exists; the same 401 for every failure."""
     stored = None
     if credentials is not None:
         stored = credentials.customer_key_hash if role is KeyRole.CUSTOMER else credentials.vendor_key_hash
-    if not api_key_matches(presented_key, stored) or purchase_id is None:
+    if not api_key_matches(presented_key, stored) or credentials is None:
         raise Unauthorized(SAME_FOR_EVERY_AUTH_FAILURE)
-    return purchase_id
 
 
 @dataclass(frozen=True)
@@ -59,11 +79,6 @@ class PurchaseReader:
         return PurchaseDetails(replace(view, resource=delivery.resource), delivery.credentials)
 
     def view_for_customer(self, raw_purchase_id: str, customer_key: str) -> PurchaseView:
-        def read(unit: UnitOfWork) -> PurchaseView:
-            purchase_id = authenticate_in(unit, raw_purchase_id, customer_key, KeyRole.CUSTOMER)
-            view = unit.purchases.view(purchase_id)
-            if view is None:  # deleted between the two reads
-                raise NotFound("purchase not found")
-            return view
-
-        return self._transactions.run(read)
+        return self._transactions.run(
+            lambda unit: authenticated_view(unit, raw_purchase_id, customer_key, KeyRole.CUSTOMER)
+        )
