@@ -139,6 +139,8 @@ def _event(body: str | None, content_type: str | None) -> dict[str, object]:
         ('{"a": 1}', "application/x-www-form-urlencoded", 415),
         ('{"a": 1}', None, 415),
         ("x" * 70_000, "application/json", 413),
+        ("[" * 20_000 + "]" * 20_000, "application/json", 422),
+        ('{"a": ' + "[" * 20_000 + "]" * 20_000 + "}", "application/json", 422),
     ],
 )
 def test_bodies_must_be_declared_json_and_small(

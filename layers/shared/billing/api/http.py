@@ -60,7 +60,7 @@ def _unreadable_body(event: dict[str, Any]) -> dict[str, Any] | None:
     JSON is UTF-8 (RFC 8259): API Gateway base64-encodes other bytes, and Powertools fails on them.
     Every body of this API is a JSON object: Powertools would take the first item of an array for the
     body model (it unwraps lists, as for repeated query parameters), so ``[{…}, …]`` must be refused here.
-    Malformed JSON is left to the resolver (422 json_invalid).
+    Malformed JSON is left to the resolver (422 json_invalid), except nesting too deep to parse.
     """
     body = event.get("body")
     if not body:
@@ -74,6 +74,8 @@ def _unreadable_body(event: dict[str, Any]) -> dict[str, Any] | None:
         document = json.loads(body)
     except ValueError:
         return None
+    except RecursionError:  # e.g. 20,000 nested brackets: Powertools would fail on them with a 500
+        return {"loc": ["body"], "msg": "the body nests too deeply", "type": "json_invalid"}
     if not isinstance(document, dict):
         return {"loc": ["body"], "msg": "the body must be a JSON object", "type": "model_attributes_type"}
     return None
