@@ -106,7 +106,8 @@ class MeteringService:
 
         def charge(unit: UnitOfWork) -> MeteringOutcome:
             purchase = authenticated_view(unit, raw_purchase_id, vendor_key, KeyRole.VENDOR)
-            offer = _offer_if_priced(unit, purchase, events)
+            priced = any(event.gemini for event in events)
+            offer = unit.catalog.offer(purchase.offer_id) if priced else None  # once per request
             metered = [self._charge_one(unit, purchase, event, now, offer) for event in events]
             after = unit.purchases.view(purchase.id)
             assert after is not None
@@ -123,49 +124,17 @@ class MeteringService:
         if purchase_id is None:
             raise Unauthorized(SAME_FOR_EVERY_AUTH_FAILURE)
         offer = None
-        if any(event.gemini for event in events):  # checked here too: nothing is priced for a stranger
-            purchase = authenticated_view(unit, raw_purchase_id, vendor_key, KeyRole.VENDOR)
-            offer = _offer_if_priced(unit, purchase, events)
-        charges = [self._prepare(purchase_id, event, now, offer) for event in events]
+        if any(event.gemini for event in events):  # key checked here too: nothing priced for a stranger
+            offer = unit.catalog.offer(
+                authenticated_view(unit, raw_purchase_id, vendor_key, KeyRole.VENDOR).offer_id
+            )
+        charges = [_usage_charge(purchase_id, event, now, offer) for event in events]
         batch = unit.usage.charge_batch(purchase_id, key_hash, charges)
         metered = [
             MeteredEvent(event.idempotency_key, -entry.amount_nano, entry.entry_id, entry.replayed)
             for event, entry in zip(events, batch.entries, strict=True)
         ]
         return MeteringOutcome(batch.purchase, metered)
-
-    def _prepare(
-        self, purchase_id: UUID, event: UsageEvent, now: datetime, offer: Offer | None
-    ) -> UsageCharge:
-        """Check and price one event, and build its debit; nothing is written."""
-        occurred_at = event.occurred_at or now
-        if not now - BACKDATING_WINDOW <= occurred_at <= now + FUTURE_SKEW:
-            skew_minutes = int(FUTURE_SKEW.total_seconds() // 60)
-            raise InvalidRequest(
-                f"event {event.idempotency_key!r}: timestamp must be within the last "
-                f"{BACKDATING_WINDOW.days} days and at most {skew_minutes} minutes ahead"
-            )
-        meter, cost_nano, priced = _cost(event, offer)
-        # Only what the client sent defines the request: a retry without a timestamp is still a replay.
-        metadata = {
-            "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
-            "description": event.description,
-            **({"hold_id": str(event.hold_id)} if event.hold_id else {}),
-            **priced,
-            **(event.metadata or {}),
-        }
-        operation = debit(
-            purchase_id,
-            cost_nano,
-            event.idempotency_key,
-            require_available=False,  # the usage already happened: record it, then stop serving
-            source="meter-usage",
-            meter=meter,
-            quantity=str(event.usage_amount),
-            unit=event.unit,
-            metadata=metadata,
-        )
-        return UsageCharge(operation, occurred_at, cost_nano, event.description, event.metadata or {})
 
     def _charge_one(
         self,
@@ -175,7 +144,7 @@ class MeteringService:
         now: datetime,
         offer: Offer | None,
     ) -> MeteredEvent:
-        charge = self._prepare(purchase.id, event, now, offer)
+        charge = _usage_charge(purchase.id, event, now, offer)
         if event.hold_id is not None and unit.ledger.hold(purchase.id, event.hold_id) is None:
             raise InvalidRequest(f"event {event.idempotency_key!r}: no hold {event.hold_id} on this purchase")
         operation = charge.operation
@@ -215,9 +184,36 @@ class MeteringService:
         return hold.status
 
 
-def _offer_if_priced(unit: UnitOfWork, purchase: PurchaseView, events: list[UsageEvent]) -> Offer | None:
-    """The purchase's offer, read once per request, when the server prices some of its events."""
-    return unit.catalog.offer(purchase.offer_id) if any(event.gemini for event in events) else None
+def _usage_charge(purchase_id: UUID, event: UsageEvent, now: datetime, offer: Offer | None) -> UsageCharge:
+    """Check and price one event, and build its debit; nothing is written."""
+    occurred_at = event.occurred_at or now
+    if not now - BACKDATING_WINDOW <= occurred_at <= now + FUTURE_SKEW:
+        skew_minutes = int(FUTURE_SKEW.total_seconds() // 60)
+        raise InvalidRequest(
+            f"event {event.idempotency_key!r}: timestamp must be within the last "
+            f"{BACKDATING_WINDOW.days} days and at most {skew_minutes} minutes ahead"
+        )
+    meter, cost_nano, priced = _cost(event, offer)
+    # Only what the client sent defines the request: a retry without a timestamp is still a replay.
+    metadata = {
+        "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
+        "description": event.description,
+        **({"hold_id": str(event.hold_id)} if event.hold_id else {}),
+        **priced,
+        **(event.metadata or {}),
+    }
+    operation = debit(
+        purchase_id,
+        cost_nano,
+        event.idempotency_key,
+        require_available=False,  # the usage already happened: record it, then stop serving
+        source="meter-usage",
+        meter=meter,
+        quantity=str(event.usage_amount),
+        unit=event.unit,
+        metadata=metadata,
+    )
+    return UsageCharge(operation, occurred_at, cost_nano, event.description, event.metadata or {})
 
 
 def _cost(event: UsageEvent, offer: Offer | None) -> tuple[str, int, dict[str, Any]]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from billing.domain.api_keys import KeyRole, api_key_matches
 from billing.domain.errors import SAME_FOR_EVERY_AUTH_FAILURE, Unauthorized
 from billing.domain.purchase import PurchaseCredentials, PurchaseView
 from billing.services.ports import Transactions, UnitOfWork
-from billing.services.provisioning import ProvisioningHandoff
+
+if TYPE_CHECKING:  # meter-usage and authorize import this module: keep provisioning out of their cold start
+    from billing.services.provisioning import ProvisioningHandoff
 
 
 def parse_purchase_id(raw: str) -> UUID | None:
