@@ -29,10 +29,14 @@ from billing.adapters.postgres.transactions import PostgresTransactions
 from billing.domain.catalog import Catalog, CatalogChanges
 from billing.domain.money import format_usd
 from billing.services.catalog import CatalogImporter
-from vendorctl.cost_export import add_cost_export_parser, run_cost_export
+from vendorctl.cost_export import (
+    EXIT_DATABASE,
+    EXIT_INVALID,
+    EXIT_OK,
+    add_cost_export_parser,
+    run_cost_export,
+)
 from vendorctl.estimates import add_estimates_parser, run_estimates
-
-EXIT_OK, EXIT_DATABASE, EXIT_INVALID = 0, 1, 2
 
 
 class CatalogFileError(Exception):

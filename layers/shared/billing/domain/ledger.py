@@ -183,18 +183,18 @@ def estimate(
     A debit like :func:`debit` without funds check (the usage already happened), of kind
     ``estimate`` so reports can tell provisional charges from billed ones.
     """
-    amount = check_amount_nano(amount_nano, allow_zero=False)
-    return LedgerOperation(
-        purchase_id=purchase_id,
-        idempotency_key=_check_key(idempotency_key),
-        kind=EntryKind.ESTIMATE,
-        amount_nano=-amount,
+    usage = debit(
+        purchase_id,
+        amount_nano,
+        idempotency_key,
+        require_available=False,
         source=source,
         meter=meter,
         quantity=quantity,
         unit=unit,
-        metadata=metadata or {},
+        metadata=metadata,
     )
+    return replace(usage, kind=EntryKind.ESTIMATE)
 
 
 def adjustment(

@@ -186,8 +186,7 @@ class UsageEstimator:
                         # The export billed this day after the estimate was made but did not see it.
                         counts.keys_billed_by_export += 1
                         settled = store.settle(ref.purchase_id, ref.bucket, usage_day, item.kind, None)
-                        operation = reversal_operation(settled, 0) if settled is not None else None
-                        if operation is not None and settled is not None:
+                        if settled is not None and (operation := reversal_operation(settled, 0)) is not None:
                             apply_in(unit, operation)
                             counts.estimates_reversed_nano += settled.estimated_nano
                         continue

@@ -13,7 +13,6 @@ partial index ``ledger_entries_history`` (migration 0008) serve the range scan.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -112,9 +111,8 @@ def _meter_usage(item: dict[str, Any]) -> MeterUsage:
 
 
 def _usage_items(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    items = json.loads(value) if isinstance(value, str | bytes) else value
+    """psycopg loads the ``jsonb_agg`` column as Python lists (NULL when a bucket has no usage)."""
+    items = value or []
     assert isinstance(items, list)
     return items
 
