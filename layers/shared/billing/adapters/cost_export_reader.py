@@ -366,10 +366,9 @@ class _FilePass(threading.Thread):
     file, on a thread of its own. With several FIFOs the CSV is cut at line ends and each piece
     goes to whichever FIFO DuckDB is ready to read, after a copy of the header line, so DuckDB
     parses them on as many threads; ``lines`` counts the line ends, which lets the caller prove
-    that no cut fell inside a quoted field. ``copy_to`` receives the raw bytes (files that are not
-    on disk). ``error`` says what is wrong with the data; ``outage`` holds what the handle or the
-    spool file raised (an I/O failure: the delivery is retried, never rejected); ``completed``
-    that everything was written and the FIFOs closed.
+    that no cut fell inside a quoted field. ``error`` says what is wrong with the data; ``outage``
+    holds what the handle raised (an I/O failure: the delivery is retried, never rejected);
+    ``completed`` that everything was written and the FIFOs closed.
     """
 
     def __init__(
@@ -377,13 +376,11 @@ class _FilePass(threading.Thread):
         handle: IO[bytes],
         *,
         inflate: bool,
-        copy_to: IO[bytes] | None = None,
         pipes_to: tuple[str, ...] = (),
     ) -> None:
         super().__init__(name="cost-export-file-pass", daemon=True)
         self._handle = handle
         self._inflate = inflate
-        self._copy_to = copy_to
         self._pipes_to = pipes_to
         self._stop_requested = threading.Event()
         self.error: str | None = None
@@ -444,8 +441,6 @@ class _FilePass(threading.Thread):
             chunk = self._handle.read(_CHUNK_BYTES)
             if not chunk:
                 break
-            if self._copy_to is not None:
-                self._copy_to.write(chunk)
             if not self._inflate:
                 continue
             data = chunk
@@ -923,12 +918,10 @@ class _DeliveryReading:
             return
         # Not a file on disk: copy it there first (the pass that feeds DuckDB then checks it).
         with tempfile.NamedTemporaryFile(prefix="spooled-", suffix="." + kind, dir=self.directory) as spooled:
-            copy = _FilePass(handle, inflate=False, copy_to=spooled)
-            copy.run()
-            if copy.outage is not None:
-                raise _outage(key, copy.outage)
-            if copy.error is not None:
-                raise DeliveryRejected(f"{key}: {copy.error}")
+            try:
+                shutil.copyfileobj(handle, spooled, _CHUNK_BYTES)
+            except Exception as error:  # the handle or the spool file failed: retry, never reject
+                raise _outage(key, error) from error
             spooled.flush()
             with open(spooled.name, "rb") as again:
                 self._aggregate(_DataFile(number, key, kind, spooled.name), again)
