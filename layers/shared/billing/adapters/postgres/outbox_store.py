@@ -2,15 +2,12 @@
 
 Every method is one statement (autocommit, no transaction held while delivering):
 
-- ``claim_due`` takes due rows with ``FOR UPDATE SKIP LOCKED``, counts the attempt and
-  pushes ``next_attempt_at`` one lease ahead, so a concurrent dispatcher neither waits
-  nor takes the same row; a dispatcher that dies leaves its rows due again after the lease.
-  Rows of one purchase and kind go out in order: a row waits while an older one of the
-  same purchase and kind is undelivered (an old OfficeX status never lands after a newer one).
-  The purchase's delivery settings are read in the same statement (never copied into the outbox).
-- ``mark_delivered`` / ``mark_skipped`` / ``reschedule`` / ``release`` apply only while the
-  row still carries this claim's ``attempts`` (a fencing token): a late dispatcher whose
-  lease ran out cannot undo a newer claim's outcome.
+- ``claim_due`` leases due rows (``outbox_queue``). Rows of one purchase and kind go out in
+  order: a row waits while an older one of the same purchase and kind is undelivered (an old
+  OfficeX status never lands after a newer one). The purchase's delivery settings are read in
+  the same statement (never copied into the outbox).
+- ``mark_delivered`` / ``mark_skipped`` / ``reschedule`` / ``release`` are fenced by the
+  claim's ``attempts`` (``outbox_queue.settle``).
 """
 
 from __future__ import annotations
@@ -22,29 +19,20 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from billing.adapters.postgres.outbox_queue import (
+    DELIVERED,
+    RELEASED,
+    RETRY_LATER,
+    SKIPPED,
+    claim_cte,
+    settle,
+)
 from billing.adapters.postgres.transactions import PostgresTransactions
 from billing.domain.notifications import Destinations, OutboxMessage, clip_error
 
-_CLAIM = """
-WITH claimed AS (
-    UPDATE outbox o
-       SET attempts = o.attempts + 1,
-           next_attempt_at = now() + %(lease)s
-     WHERE o.id IN (
-           SELECT c.id
-             FROM outbox c
-            WHERE c.delivered_at IS NULL
-              AND c.kind = ANY(%(kinds)s)
-              AND c.next_attempt_at <= now()
-              AND NOT EXISTS (SELECT 1 FROM outbox e
-                               WHERE e.purchase_id = c.purchase_id AND e.kind = c.kind
-                                 AND e.delivered_at IS NULL AND e.id < c.id)
-            ORDER BY c.next_attempt_at, c.id
-            LIMIT %(limit)s
-              FOR UPDATE SKIP LOCKED)
-    RETURNING o.id, o.purchase_id, o.kind, o.dedupe_key, o.payload, o.attempts, o.created_at,
-              o.next_attempt_at
-)
+_CLAIM = (
+    claim_cte(in_order_with="e.kind = c.kind")
+    + """
 SELECT c.id, c.purchase_id, c.kind, c.dedupe_key, c.payload, c.attempts, c.created_at,
        p.id IS NOT NULL AS purchase_found, p.notify_email, p.webhook_url, p.webhook_secret_ciphertext,
        p.customer_org_endpoint, p.customer_org_id, p.officex_purchase_id, p.customer_org_api_key_ciphertext,
@@ -61,6 +49,7 @@ SELECT c.id, c.purchase_id, c.kind, c.dedupe_key, c.payload, c.attempts, c.creat
                       ORDER BY pr.created_at LIMIT 1) r ON true
  ORDER BY c.next_attempt_at, c.id
 """
+)
 
 
 def _bytes(value: Any) -> bytes | None:
@@ -126,31 +115,20 @@ class PostgresOutbox:
         return self._transactions.run_single_write(lambda unit: claim(unit.connection))
 
     def mark_delivered(self, message: OutboxMessage) -> bool:
-        return self._settle("UPDATE outbox SET delivered_at = now(), last_error = NULL", (), message)
+        return self._settle(DELIVERED, (), message)
 
     def mark_skipped(self, message: OutboxMessage, reason: str) -> bool:
         """Settled without sending (the purchase no longer has this channel); the reason stays on the row."""
-        return self._settle(
-            "UPDATE outbox SET delivered_at = now(), last_error = %s",
-            (clip_error(f"skipped: {reason}"),),
-            message,
-        )
+        return self._settle(SKIPPED, (clip_error(f"skipped: {reason}"),), message)
 
     def reschedule(self, message: OutboxMessage, delay: timedelta, error: str) -> bool:
-        return self._settle(
-            "UPDATE outbox SET next_attempt_at = now() + %s, last_error = %s",
-            (delay, clip_error(error)),
-            message,
-        )
+        return self._settle(RETRY_LATER, (delay, clip_error(error)), message)
 
     def release(self, message: OutboxMessage) -> bool:
         """Give a claimed row back untried (the run is out of time): due now, the attempt uncounted."""
-        return self._settle("UPDATE outbox SET next_attempt_at = now(), attempts = attempts - 1", (), message)
+        return self._settle(RELEASED, (), message)
 
     def _settle(self, update: str, values: tuple[Any, ...], message: OutboxMessage) -> bool:
-        statement = f"{update} WHERE id = %s AND attempts = %s AND delivered_at IS NULL"
         return self._transactions.run_single_write(
-            lambda unit: (
-                unit.connection.execute(statement, (*values, message.id, message.attempts)).rowcount == 1
-            )
+            lambda unit: settle(unit.connection, update, values, message.id, message.attempts)
         )

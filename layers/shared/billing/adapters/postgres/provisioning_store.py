@@ -21,6 +21,14 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from billing.adapters.postgres.outbox_queue import (
+    DELIVERED,
+    RELEASED,
+    RETRY_LATER,
+    SKIPPED,
+    claim_cte,
+    settle,
+)
 from billing.domain.catalog import OfferKind
 from billing.domain.notifications import clip_error
 from billing.domain.provisioning import (
@@ -36,30 +44,17 @@ from billing.domain.provisioning import (
 )
 from billing.domain.purchase import PurchaseStatus
 
-_CLAIM = """
-WITH claimed AS (
-    UPDATE outbox o
-       SET attempts = o.attempts + 1,
-           next_attempt_at = now() + %(lease)s
-     WHERE o.id IN (
-           SELECT c.id
-             FROM outbox c
-            WHERE c.delivered_at IS NULL
-              AND c.kind = ANY(%(kinds)s)
-              AND c.next_attempt_at <= now()
+_CLAIM = (
+    claim_cte(
+        in_order_with="e.kind LIKE 'resource.%%'",  # across the resource kinds (module docstring)
+        also_where="""
               AND c.purchase_id IS NOT NULL
-              AND (%(purchase_id)s::uuid IS NULL OR c.purchase_id = %(purchase_id)s::uuid)
-              AND NOT EXISTS (SELECT 1 FROM outbox e
-                               WHERE e.purchase_id = c.purchase_id AND e.kind LIKE 'resource.%%'
-                                 AND e.delivered_at IS NULL AND e.id < c.id)
-            ORDER BY c.next_attempt_at, c.id
-            LIMIT %(limit)s
-              FOR UPDATE SKIP LOCKED)
-    RETURNING o.id, o.purchase_id, o.kind, o.dedupe_key, o.payload, o.attempts, o.created_at,
-              o.next_attempt_at
-)
+              AND (%(purchase_id)s::uuid IS NULL OR c.purchase_id = %(purchase_id)s::uuid)""",
+    )
+    + """
 SELECT * FROM claimed ORDER BY next_attempt_at, id
 """
+)
 
 # The same shape as the status trigger's payload (migration 0007), from == to: OfficeX gets the
 # record refreshed (resource, balance) without a transition. Only for a complete OfficeX org.
@@ -148,30 +143,21 @@ class PostgresProvisioningStore:
             return [_job(row) for row in cursor.execute(_CLAIM, params).fetchall()]
 
     def settle_skipped(self, job: ResourceJob, reason: str) -> bool:
-        return self._settle(
-            "UPDATE outbox SET delivered_at = now(), last_error = %s",
-            (clip_error(f"skipped: {reason}"),),
-            job,
-        )
+        return self._settle(SKIPPED, (clip_error(f"skipped: {reason}"),), job)
 
     def reschedule(
         self, job: ResourceJob, delay: timedelta, error: str, *, count_attempt: bool = True
     ) -> bool:
         """Due again after ``delay``; a postponement (``count_attempt=False``) gives the attempt back."""
         uncount = "" if count_attempt else ", attempts = attempts - 1"
-        return self._settle(
-            f"UPDATE outbox SET next_attempt_at = now() + %s, last_error = %s{uncount}",
-            (delay, clip_error(error)),
-            job,
-        )
+        return self._settle(f"{RETRY_LATER}{uncount}", (delay, clip_error(error)), job)
 
     def release(self, job: ResourceJob) -> bool:
         """Give a claimed row back untried (the run is out of time)."""
-        return self._settle("UPDATE outbox SET next_attempt_at = now(), attempts = attempts - 1", (), job)
+        return self._settle(RELEASED, (), job)
 
     def _settle(self, update: str, values: tuple[Any, ...], job: ResourceJob) -> bool:
-        statement = f"{update} WHERE id = %s AND attempts = %s AND delivered_at IS NULL"
-        return self._connection.execute(statement, (*values, job.id, job.attempts)).rowcount == 1
+        return settle(self._connection, update, values, job.id, job.attempts)
 
     # ------------------------------------------------------------ purchases
     def purchase_facts(self, purchase_id: UUID) -> PurchaseFacts | None:
@@ -271,7 +257,7 @@ class PostgresProvisioningStore:
         Raises ``LeaseLost`` if the row is no longer this claim's (the caller's transaction
         then rolls back, and the newer claim redoes the action idempotently).
         """
-        if not self._settle("UPDATE outbox SET delivered_at = now(), last_error = NULL", (), job):
+        if not self._settle(DELIVERED, (), job):
             raise LeaseLost(f"outbox row {job.id} was claimed again")
         deleted = status is ResourceStatus.DELETED
         self._connection.execute(
