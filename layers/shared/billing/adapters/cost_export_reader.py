@@ -360,27 +360,22 @@ def _fields_for(columns: _Columns, key: str) -> _Fields:
 class _FilePass(threading.Thread):
     """Reads a data file once through the caller's handle (download progress, local replays).
 
-    Gzip files are inflated here (``zlib-ng``, else ``zlib``), every member checked against its
-    CRC-32 and length (DuckDB notices truncation but checks no CRC), and with ``pipes_to`` the
-    inflated CSV is written into those FIFOs, which DuckDB reads as plain CSV: one inflate per
-    file, on a thread of its own. With several FIFOs the CSV is cut at line ends and each piece
-    goes to whichever FIFO DuckDB is ready to read, after a copy of the header line, so DuckDB
-    parses them on as many threads; ``lines`` counts the line ends, which lets the caller prove
-    that no cut fell inside a quoted field. ``error`` says what is wrong with the data; ``outage``
-    holds what the handle raised (an I/O failure: the delivery is retried, never rejected);
-    ``completed`` that everything was written and the FIFOs closed.
+    With ``pipes_to`` (a gzip CSV) the file is inflated here (``zlib-ng``, else ``zlib``), every
+    member checked against its CRC-32 and length (DuckDB notices truncation but checks no CRC),
+    and the inflated CSV is written into those FIFOs, which DuckDB reads as plain CSV: one inflate
+    per file, on a thread of its own; without, the handle is only read to its end. With several
+    FIFOs the CSV is cut at line ends and each piece goes to whichever FIFO DuckDB is ready to
+    read, after a copy of the header line, so DuckDB parses them on as many threads; ``lines``
+    counts the line ends, which lets the caller prove that no cut fell inside a quoted field.
+    ``error`` says what is wrong with the data; ``outage`` holds what the handle raised (an I/O
+    failure: the delivery is retried, never rejected); ``completed`` that everything was written
+    and the FIFOs closed.
     """
 
-    def __init__(
-        self,
-        handle: IO[bytes],
-        *,
-        inflate: bool,
-        pipes_to: tuple[str, ...] = (),
-    ) -> None:
+    def __init__(self, handle: IO[bytes], *, pipes_to: tuple[str, ...] = ()) -> None:
         super().__init__(name="cost-export-file-pass", daemon=True)
         self._handle = handle
-        self._inflate = inflate
+        self._inflate = bool(pipes_to)  # only a gzip CSV goes through FIFOs
         self._pipes_to = pipes_to
         self._stop_requested = threading.Event()
         self.error: str | None = None
@@ -988,11 +983,11 @@ class _DeliveryReading:
             )
             for path in paths:
                 os.mkfifo(path, 0o600)
-            file_pass = _FilePass(handle, inflate=True, pipes_to=paths)
+            file_pass = _FilePass(handle, pipes_to=paths)
             sql = _insert_file(data_file.number, fields, _source("csv", width))
             target: str | list[str] = paths[0] if len(paths) == 1 else list(paths)
         else:
-            file_pass = _FilePass(handle, inflate=False)
+            file_pass = _FilePass(handle)
             sql, target = (
                 _insert_file(data_file.number, fields, _source(data_file.kind, width)),
                 data_file.path,
