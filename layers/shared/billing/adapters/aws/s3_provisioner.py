@@ -518,15 +518,21 @@ class S3BucketProvisioner:
                     raise
         return {}
 
-    def _set_keys(self, user: str, status: str) -> dict[str, Any]:
+    def _existing_keys(self, user: str) -> list[str] | None:
+        """The user's access key ids; ``None`` when the user is gone."""
         from botocore.exceptions import ClientError  # noqa: PLC0415
 
         try:
-            keys = self._access_keys(user)
+            return self._access_keys(user)
         except ProvisioningFailed as failure:
             if isinstance(failure.__cause__, ClientError) and _is_not_found(failure.__cause__):
-                return {"keys": []}
+                return None
             raise
+
+    def _set_keys(self, user: str, status: str) -> dict[str, Any]:
+        keys = self._existing_keys(user)
+        if keys is None:
+            return {"keys": []}
         for key_id in keys:
             with _aws("IAM UpdateAccessKey"):
                 self._iam().update_access_key(UserName=user, AccessKeyId=key_id, Status=status)
@@ -570,14 +576,9 @@ class S3BucketProvisioner:
         _step(steps, "user_deleted", lambda: self._delete_user(bucket))
 
     def _delete_all_keys(self, user: str) -> dict[str, Any]:
-        from botocore.exceptions import ClientError  # noqa: PLC0415
-
-        try:
-            keys = self._access_keys(user)
-        except ProvisioningFailed as failure:
-            if isinstance(failure.__cause__, ClientError) and _is_not_found(failure.__cause__):
-                return {"keys": []}
-            raise
+        keys = self._existing_keys(user)
+        if keys is None:
+            return {"keys": []}
         for key_id in keys:
             self._delete_access_key(user, key_id)
         return {"keys": keys}
