@@ -365,8 +365,8 @@ class _FilePass(threading.Thread):
     and the inflated CSV is written into those FIFOs, which DuckDB reads as plain CSV: one inflate
     per file, on a thread of its own; without, the handle is only read to its end. With several
     FIFOs the CSV is cut at line ends and each piece goes to whichever FIFO DuckDB is ready to
-    read, after a copy of the header line, so DuckDB parses them on as many threads; ``lines``
-    counts the line ends, which lets the caller prove that no cut fell inside a quoted field.
+    read, after a copy of the header line, so DuckDB parses them on as many threads; the line ends
+    are counted (``_Lines``), which lets the caller prove that no cut fell inside a quoted field.
     ``error`` says what is wrong with the data; ``outage`` holds what the handle raised (an I/O
     failure: the delivery is retried, never rejected); ``completed`` that everything was written
     and the FIFOs closed.
@@ -381,15 +381,11 @@ class _FilePass(threading.Thread):
         self.error: str | None = None
         self.outage: BaseException | None = None
         self.completed = False
-        self.lines = 0  # line ends in the inflated CSV (counted when it is cut into several FIFOs)
-        self.ends_without_line_end = False  # a last line without "\n"
-        self.unsplittable = False  # a line too long to cut at: read the file again through one FIFO
+        self._lines: _Lines | None = None  # how the CSV was cut (several FIFOs, read to its end)
 
     def rows_if_split_at_records(self) -> int | None:
-        """The rows DuckDB reads when every line end is a record's end; ``None`` if not worked out."""
-        if self.unsplittable or self.lines == 0:
-            return None
-        return self.lines - 1 + (1 if self.ends_without_line_end else 0)  # less the header line
+        """``_Lines.rows_if_split_at_records``; ``None`` also when the CSV was not cut, or not to its end."""
+        return self._lines.rows_if_split_at_records() if self._lines is not None else None
 
     def run(self) -> None:
         inflate_errors: tuple[type[Exception], ...] = (zlib.error,)
@@ -461,8 +457,7 @@ class _FilePass(threading.Thread):
             self.error = "empty file (no gzip data)"
         elif lines is not None:
             lines.finish()
-            self.lines, self.ends_without_line_end = lines.count, lines.ends_without_line_end
-            self.unsplittable = lines.unsplittable
+            self._lines = lines
 
 
 def _inflater_type() -> tuple[Callable[..., Any], tuple[type[Exception], ...]]:
@@ -597,9 +592,9 @@ class _Lines:
         self._pipes = pipes
         self._header: bytes | None = None
         self._rest = b""  # a line begun in the previous piece
-        self.count = 0
-        self.ends_without_line_end = False
-        self.unsplittable = False
+        self.count = 0  # line ends
+        self.ends_without_line_end = False  # a last line without "\n"
+        self.unsplittable = False  # a line too long to cut at, or a lone CR: the count proves nothing
 
     def send(self, data: bytes) -> None:
         if self._rest:
@@ -633,6 +628,12 @@ class _Lines:
             self.ends_without_line_end = True
             self._pipes.send(self._rest, 0 if self._header is None else None)
             self._rest = b""
+
+    def rows_if_split_at_records(self) -> int | None:
+        """The rows DuckDB reads when every line end is a record's end; ``None`` if not worked out."""
+        if self.unsplittable or self.count == 0:
+            return None
+        return self.count - 1 + (1 if self.ends_without_line_end else 0)  # less the header line
 
 
 def _outage(key: str, error: BaseException) -> DependencyUnavailable:
