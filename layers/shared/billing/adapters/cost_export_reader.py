@@ -557,11 +557,10 @@ class _Pipes:
         DuckDB then sees the end of that FIFO, and may go on to open the next. A FIFO is never
         closed before DuckDB opened it: DuckDB would wait for a writer forever. Without ``flush``
         (the pass failed) what is queued is dropped. Waits until every FIFO is closed or a stop is
-        requested; returns whether everything queued was written.
+        requested; returns whether every FIFO was closed first (with ``flush``: everything queued
+        was written).
         """
-        written = True
         if not flush:
-            written = all(view is None for view in self._pending)
             self._pending = [None] * self.count
         while True:
             for index, descriptor in enumerate(self._descriptors):
@@ -569,7 +568,7 @@ class _Pipes:
                     os.close(descriptor)
                     self._descriptors[index] = _CLOSED
             if all(descriptor == _CLOSED for descriptor in self._descriptors):
-                return written
+                return True
             if self._stop_requested.is_set():
                 break
             self._wait()
