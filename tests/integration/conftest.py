@@ -6,8 +6,9 @@ import pytest
 
 from local.chain.devchain import DevChain
 from tests.integration.checkout_support import checkout_kit
+from tests.integration.cost_export_support import s3
 
-__all__ = ["chain", "checkout_kit", "module_chain"]
+__all__ = ["chain", "checkout_kit", "module_chain", "s3"]
 
 
 @pytest.fixture(scope="module")

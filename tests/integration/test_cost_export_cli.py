@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import psycopg
 import pytest
-from moto import mock_aws
 
 from local.events import COST_REPORT_BUCKET, LEGACY_DATA_FILE_KEY, LEGACY_MANIFEST_KEY
+from tests.integration.cost_export_support import ROWS, gzip_csv, legacy_manifest
 from tests.integration.test_cost_export_billing import s3_offer, s3_purchase
-from tests.integration.test_cost_export_handler import ROWS, _gzip_csv, _legacy_manifest
 from vendorctl.cli import main
 from vendorctl.cost_export import ProgressBar
 
@@ -26,24 +23,12 @@ def _vendorctl(database_url: str, *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=COST_REPORT_BUCKET)
-        yield client
-
-
-@pytest.fixture
 def manifest_file(tmp_path: Path) -> Path:
     """The delivery as ``aws s3 sync`` leaves it: the manifest and its data file side by side."""
     manifest = tmp_path / LEGACY_MANIFEST_KEY
     manifest.parent.mkdir(parents=True)
-    manifest.write_bytes(_legacy_manifest())
-    (tmp_path / LEGACY_DATA_FILE_KEY).write_bytes(_gzip_csv(ROWS))
+    manifest.write_bytes(legacy_manifest())
+    (tmp_path / LEGACY_DATA_FILE_KEY).write_bytes(gzip_csv(ROWS))
     return manifest
 
 
@@ -99,8 +84,8 @@ def test_a_broken_data_file_fails_with_its_reason(
 def test_replay_from_s3(database_url: str, db: psycopg.Connection[Any], s3: Any) -> None:
     s3_offer(db)
     s3_purchase(db, "bucket-a")
-    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_DATA_FILE_KEY, Body=_gzip_csv(ROWS))
-    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_MANIFEST_KEY, Body=_legacy_manifest())
+    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_DATA_FILE_KEY, Body=gzip_csv(ROWS))
+    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_MANIFEST_KEY, Body=legacy_manifest())
 
     code, out, err = _vendorctl(
         database_url, "replay", "--manifest", f"s3://{COST_REPORT_BUCKET}/{LEGACY_MANIFEST_KEY}"

@@ -8,18 +8,13 @@ with only the S3 client pointed at moto.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import json
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-import boto3
 import psycopg
 import pytest
-from moto import mock_aws
 
 from billing.adapters.aws.s3_reports import ReportsNotConfigured, S3ReportObjects
 from billing.domain.cost_export_charging import vendor_price_nano
@@ -32,64 +27,10 @@ from local.events import (
 from local.handlers import LocalLambdaContext, load_handler, load_module
 from local.template import load_template
 from tests.conftest import load_event
+from tests.integration.cost_export_support import ASSEMBLY, ROWS, gzip_csv, legacy_manifest
 from tests.integration.test_cost_export_billing import MARKUP, s3_offer, s3_purchase
 
 FUNCTION = load_template().function_by_folder("cost_export")
-ASSEMBLY = "7f0c1a7e-0000-4000-8000-000000000000"
-CUR_HEADER = [
-    "identity/LineItemId",
-    "lineItem/LineItemType",
-    "lineItem/UsageStartDate",
-    "lineItem/ProductCode",
-    "lineItem/UsageType",
-    "lineItem/ResourceId",
-    "lineItem/UnblendedCost",
-]
-ROWS = [
-    ["1", "Usage", "2023-11-01T00:00:00Z", "AmazonS3", "TimedStorage-ByteHrs", "bucket-a", "0.0123456789"],
-    ["2", "Usage", "2023-11-01T00:00:00Z", "AmazonS3", "Requests-Tier1", "bucket-a", "0.000005"],
-    ["3", "Usage", "2023-11-02T00:00:00Z", "AmazonS3", "DataTransfer-Out-Bytes", "bucket-a", "1.5E-1"],
-    ["4", "Credit", "2023-11-02T00:00:00Z", "AmazonS3", "DataTransfer-Out-Bytes", "bucket-a", "-0.05"],
-    ["5", "Usage", "2023-11-01T00:00:00Z", "AmazonEC2", "BoxUsage:t3.micro", "i-0abc", "0.25"],
-]
-
-
-def _gzip_csv(rows: list[list[str]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(CUR_HEADER)
-    writer.writerows(rows)
-    return gzip.compress(buffer.getvalue().encode())
-
-
-def _legacy_manifest(assembly: str = ASSEMBLY, data_key: str = LEGACY_DATA_FILE_KEY) -> bytes:
-    return json.dumps(
-        {
-            "assemblyId": assembly,
-            "account": "123456789012",
-            "columns": [{"category": "lineItem", "name": "UnblendedCost"}],
-            "charset": "UTF-8",
-            "compression": "GZIP",
-            "contentType": "text/csv",
-            "reportId": "0f0f",
-            "reportName": "officex-cur",
-            "billingPeriod": {"start": "20231101T000000.000Z", "end": "20231201T000000.000Z"},
-            "bucket": COST_REPORT_BUCKET,
-            "reportKeys": [data_key],
-        }
-    ).encode()
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=COST_REPORT_BUCKET)
-        yield client
 
 
 @pytest.fixture
@@ -123,8 +64,8 @@ def test_a_legacy_manifest_event_bills_its_delivery_once(
 ) -> None:
     s3_offer(db)
     s3_purchase(db, "bucket-a")
-    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_DATA_FILE_KEY, Body=_gzip_csv(ROWS))
-    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_MANIFEST_KEY, Body=_legacy_manifest())
+    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_DATA_FILE_KEY, Body=gzip_csv(ROWS))
+    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_MANIFEST_KEY, Body=legacy_manifest())
 
     first = _invoke(handler, "cost_export_legacy_manifest")
 
@@ -153,9 +94,9 @@ def test_a_truncated_gzip_fails_the_delivery_and_a_later_good_one_applies(
 ) -> None:
     s3_offer(db)
     s3_purchase(db, "bucket-a")
-    good = _gzip_csv(ROWS)
+    good = gzip_csv(ROWS)
     s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_DATA_FILE_KEY, Body=good[: len(good) // 2])
-    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_MANIFEST_KEY, Body=_legacy_manifest())
+    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_MANIFEST_KEY, Body=legacy_manifest())
 
     failed = _invoke(handler, "cost_export_legacy_manifest")
 
@@ -174,7 +115,7 @@ def test_a_truncated_gzip_fails_the_delivery_and_a_later_good_one_applies(
     s3.put_object(
         Bucket=COST_REPORT_BUCKET,
         Key=LEGACY_MANIFEST_KEY.replace(ASSEMBLY, later_assembly),
-        Body=_legacy_manifest(later_assembly, later_data_key),
+        Body=legacy_manifest(later_assembly, later_data_key),
     )
     event = load_event("cost_export_legacy_manifest")
     event["Records"][0]["s3"]["object"]["key"] = event["Records"][0]["s3"]["object"]["key"].replace(
@@ -193,7 +134,7 @@ def test_a_data_exports_manifest_key_arrives_url_encoded_and_is_decoded(
     s3_offer(db)
     s3_purchase(db, "bucket-a")
     data_key = "exports/officex-cur2/data/BILLING_PERIOD=2023-11/officex-cur2-00001.csv.gz"
-    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=data_key, Body=_gzip_csv(ROWS[:1]))
+    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=data_key, Body=gzip_csv(ROWS[:1]))
     manifest = {
         "executionId": "exec-0001",
         "exportName": "officex-cur2",
@@ -238,7 +179,7 @@ def test_a_manifest_that_vanished_is_reported_not_retried(
 
 def test_a_missing_data_file_fails_the_delivery(db: psycopg.Connection[Any], s3: Any, handler: Any) -> None:
     s3_offer(db)
-    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_MANIFEST_KEY, Body=_legacy_manifest())
+    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_MANIFEST_KEY, Body=legacy_manifest())
 
     result = _invoke(handler, "cost_export_legacy_manifest")
 

@@ -28,14 +28,13 @@ from local.events import COST_REPORT_BUCKET, LEGACY_DATA_FILE_KEY, LEGACY_MANIFE
 from local.handlers import LocalLambdaContext, load_module
 from tests.conftest import load_event
 from tests.integration import test_cost_export_handler as handler_tests
+from tests.integration.cost_export_support import ROWS, gzip_csv, legacy_manifest
 from tests.integration.ledger_support import assert_ledger_invariants, run_concurrently
 from tests.integration.test_cost_export_billing import s3_offer, s3_purchase
 
 FUNCTION = handler_tests.FUNCTION
 EVENT = "cost_export_legacy_manifest"
-# the moto bucket and the real handler wired to it
-s3 = handler_tests.s3
-handler = handler_tests.handler
+handler = handler_tests.handler  # the real handler, wired to the moto bucket (``s3``, conftest)
 
 
 class BreakingBody:
@@ -73,10 +72,8 @@ class FlakyS3:
 def _upload(db: psycopg.Connection[Any], s3: Any) -> Any:
     s3_offer(db)
     purchase_id = s3_purchase(db, "bucket-a")
-    s3.put_object(
-        Bucket=COST_REPORT_BUCKET, Key=LEGACY_DATA_FILE_KEY, Body=handler_tests._gzip_csv(handler_tests.ROWS)
-    )
-    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_MANIFEST_KEY, Body=handler_tests._legacy_manifest())
+    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_DATA_FILE_KEY, Body=gzip_csv(ROWS))
+    s3.put_object(Bucket=COST_REPORT_BUCKET, Key=LEGACY_MANIFEST_KEY, Body=legacy_manifest())
     return purchase_id
 
 
@@ -182,7 +179,7 @@ def test_the_reader_treats_a_handle_failing_mid_file_as_an_outage_not_as_bad_dat
 ) -> None:
     """``read_delivery`` given a breaking handle: the delivery stays to be retried, never ``failed``."""
     purchase_id = _upload(db, s3)
-    data = handler_tests._gzip_csv(handler_tests.ROWS)
+    data = gzip_csv(ROWS)
     delivery = load_delivery(S3ReportObjects(client=s3), COST_REPORT_BUCKET, LEGACY_MANIFEST_KEY)
     on_disk = tmp_path / "data.csv.gz"
     on_disk.write_bytes(data)
