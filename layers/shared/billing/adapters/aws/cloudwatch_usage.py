@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any, Protocol
 
+from billing.adapters.aws.clients import boto3_client, error_code
 from billing.domain.usage_estimates import STORAGE_TYPES, BucketRef, DayUsage, UsageReadout
 
 NAMESPACE = "AWS/S3"
@@ -157,7 +158,7 @@ class CloudWatchUsageMetrics:
                     break
                 request["NextToken"] = token
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", "")) or "an error"
+            code = error_code(exc) or "an error"
             self._fail(readout, batch, f"CloudWatch GetMetricData in {region} answered {code}")
             return
         except BotoCoreError as exc:
@@ -179,16 +180,12 @@ class CloudWatchUsageMetrics:
     def _client(self, region: str) -> CloudWatchClient:
         with self._lock:  # boto3 sessions are not thread-safe
             if region not in self._clients:
-                import boto3  # noqa: PLC0415 - boto3 loads only when used
-                from botocore.config import Config  # noqa: PLC0415
-
-                config = Config(
-                    connect_timeout=self._connect_timeout_s,
-                    read_timeout=self._read_timeout_s,
-                    retries={"mode": "standard", "total_max_attempts": self._max_attempts},
-                )
-                self._clients[region] = boto3.session.Session().client(
-                    "cloudwatch", region_name=region, config=config
+                self._clients[region] = boto3_client(
+                    "cloudwatch",
+                    region=region,
+                    connect_timeout_s=self._connect_timeout_s,
+                    read_timeout_s=self._read_timeout_s,
+                    attempts=self._max_attempts,
                 )
             return self._clients[region]
 

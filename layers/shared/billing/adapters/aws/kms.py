@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 
+from billing.adapters.aws.clients import boto3_client, error_code
 from billing.domain.errors import CiphertextMismatch, DependencyUnavailable
 
 logger = Logger(child=True)
@@ -62,17 +63,9 @@ class KmsSecretBox:
     def _kms(self) -> KmsClient:
         with self._lock:  # the local runner serves threads; boto3 sessions are not thread-safe
             if self._client is None:
-                import boto3  # noqa: PLC0415 - boto3 loads only when a secret is used
-                from botocore.config import Config  # noqa: PLC0415
-
                 for name in _WIRE_LOGGERS:
                     logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
-                config = Config(
-                    connect_timeout=3,
-                    read_timeout=3,
-                    retries={"mode": "standard", "total_max_attempts": 2},
-                )
-                self._client = boto3.session.Session().client("kms", config=config)
+                self._client = boto3_client("kms", connect_timeout_s=3, read_timeout_s=3, attempts=2)
             return self._client
 
 
@@ -89,7 +82,7 @@ def _kms_errors(operation: str) -> Iterator[None]:
     try:
         yield
     except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = error_code(exc)
         if code in _MISMATCH_CODES:
             raise CiphertextMismatch(
                 "the ciphertext does not match this KMS key and encryption context"

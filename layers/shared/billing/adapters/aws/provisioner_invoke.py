@@ -12,6 +12,8 @@ import threading
 from typing import Any
 from uuid import UUID
 
+from billing.adapters.aws.clients import boto3_client
+
 
 class LambdaProvisionerKick:
     """Callable ``(purchase_id) -> None``; failures raise (the caller logs and carries on)."""
@@ -34,13 +36,7 @@ class LambdaProvisionerKick:
     def _lambda(self) -> Any:
         with self._lock:
             if self._client is None:
-                import boto3  # noqa: PLC0415 - boto3 loads only when used
-                from botocore.config import Config  # noqa: PLC0415
-
-                config = Config(
-                    connect_timeout=self._timeout_s,
-                    read_timeout=self._timeout_s,
-                    retries={"mode": "standard", "total_max_attempts": 2},
+                self._client = boto3_client(
+                    "lambda", connect_timeout_s=self._timeout_s, read_timeout_s=self._timeout_s, attempts=2
                 )
-                self._client = boto3.session.Session().client("lambda", config=config)
             return self._client

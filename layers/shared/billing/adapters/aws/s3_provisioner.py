@@ -32,6 +32,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+from billing.adapters.aws.clients import boto3_client, error_code
 from billing.domain.catalog import Offer, OfferKind, S3Pricing
 from billing.domain.provisioning import (
     Provisioned,
@@ -95,11 +96,6 @@ class S3ProvisionerConfig:
             raise ValueError("delete_batch_size: 1 to 1,000 (the DeleteObjects limit)")
 
 
-def _code(error: BaseException) -> str:
-    response = getattr(error, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
 @contextmanager
 def _aws(operation: str) -> Iterator[None]:
     """AWS failures become ``ProvisioningFailed`` (retried later), with the error code only."""
@@ -108,29 +104,21 @@ def _aws(operation: str) -> Iterator[None]:
     try:
         yield
     except ClientError as error:
-        raise ProvisioningFailed(f"{operation} failed: {_code(error) or 'unknown error'}") from error
+        raise ProvisioningFailed(f"{operation} failed: {error_code(error) or 'unknown error'}") from error
     except BotoCoreError as error:
         raise ProvisioningFailed(f"{operation} failed: {type(error).__name__}") from error
 
 
 def _is_not_found(error: BaseException) -> bool:
-    return _code(error) in _NOT_FOUND
+    return error_code(error) in _NOT_FOUND
 
 
 def _default_s3(region: str) -> S3Client:
-    import boto3  # noqa: PLC0415
-    from botocore.config import Config  # noqa: PLC0415
-
-    config = Config(connect_timeout=5, read_timeout=20, retries={"mode": "standard", "total_max_attempts": 3})
-    return boto3.session.Session().client("s3", region_name=region, config=config)
+    return boto3_client("s3", region=region, connect_timeout_s=5, read_timeout_s=20, attempts=3)
 
 
 def _default_iam() -> IamClient:
-    import boto3  # noqa: PLC0415
-    from botocore.config import Config  # noqa: PLC0415
-
-    config = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 3})
-    return boto3.session.Session().client("iam", config=config)
+    return boto3_client("iam", connect_timeout_s=5, read_timeout_s=10, attempts=3)
 
 
 class S3BucketProvisioner:
@@ -234,12 +222,12 @@ class S3BucketProvisioner:
             try:
                 s3.create_bucket(**request)
             except ClientError as error:
-                if _code(error) == "BucketAlreadyExists":
+                if error_code(error) == "BucketAlreadyExists":
                     raise ProvisioningFailed(
                         f"the bucket name {bucket} belongs to another AWS account; "
                         "choose another bucket prefix"
                     ) from None
-                if _code(error) != "BucketAlreadyOwnedByYou":
+                if error_code(error) != "BucketAlreadyOwnedByYou":
                     raise
         return {"bucket": bucket, "region": region}
 
@@ -345,7 +333,7 @@ class S3BucketProvisioner:
             try:
                 answer = iam.create_user(**request)
             except ClientError as error:
-                if _code(error) != "EntityAlreadyExists":
+                if error_code(error) != "EntityAlreadyExists":
                     raise
                 answer = iam.get_user(UserName=user)
         created = answer["User"]
@@ -608,7 +596,7 @@ class S3BucketProvisioner:
                     )
                 deleted += len(batch)
         except ProvisioningFailed as failure:
-            if isinstance(failure.__cause__, ClientError) and _code(failure.__cause__) == "NoSuchBucket":
+            if isinstance(failure.__cause__, ClientError) and error_code(failure.__cause__) == "NoSuchBucket":
                 return {"bucket": "absent"}
             raise
         # Too large for one run: let S3 expire the rest meanwhile, and come back.
@@ -650,7 +638,7 @@ class S3BucketProvisioner:
             try:
                 s3.delete_bucket(Bucket=bucket)
             except ClientError as error:
-                if _code(error) == "BucketNotEmpty":
+                if error_code(error) == "BucketNotEmpty":
                     raise ProvisioningIncomplete(
                         f"bucket {bucket} received objects while it was emptied; emptying again",
                         retry_after=timedelta(minutes=1),
@@ -687,7 +675,7 @@ class S3BucketProvisioner:
             try:
                 self._iam().delete_user(UserName=user)
             except ClientError as error:
-                if _code(error) == "DeleteConflict":
+                if error_code(error) == "DeleteConflict":
                     # Something was attached outside these steps (a key made by hand?): clear and retry.
                     self._delete_all_keys(user)
                     self._delete_user_policies(user)

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
 
+from billing.adapters.aws.clients import boto3_client, error_code
 from billing.domain.cost_export import Delivery, DeliveryRejected, ParsedDelivery
 from billing.domain.cost_export_charging import ManifestObject
 from billing.domain.errors import DependencyUnavailable
@@ -140,7 +141,7 @@ class S3ReportObjects:
         try:
             return call()
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
+            code = error_code(exc)
             if code in _MISSING_CODES:
                 raise DeliveryRejected(f"{where} does not exist") from None
             if code in _DENIED_CODES:
@@ -154,15 +155,12 @@ class S3ReportObjects:
     def _s3(self) -> S3Client:
         with self._lock:  # boto3 sessions are not thread-safe
             if self._client is None:
-                import boto3  # noqa: PLC0415
-                from botocore.config import Config  # noqa: PLC0415
-
-                config = Config(
-                    connect_timeout=self._connect_timeout_s,
-                    read_timeout=self._read_timeout_s,
-                    retries={"mode": "standard", "total_max_attempts": self._max_attempts},
+                self._client = boto3_client(
+                    "s3",
+                    connect_timeout_s=self._connect_timeout_s,
+                    read_timeout_s=self._read_timeout_s,
+                    attempts=self._max_attempts,
                 )
-                self._client = boto3.session.Session().client("s3", config=config)
             return self._client
 
 

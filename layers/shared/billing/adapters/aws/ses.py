@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Protocol
 
+from billing.adapters.aws.clients import boto3_client
 from billing.domain.notifications import DeliveryFailed, EmailMessage
 
 
@@ -59,13 +60,7 @@ class SesEmailSender:
     def _ses(self) -> SesClient:
         with self._lock:  # boto3 sessions are not thread-safe
             if self._client is None:
-                import boto3  # noqa: PLC0415
-                from botocore.config import Config  # noqa: PLC0415
-
-                config = Config(
-                    connect_timeout=self._timeout_s,
-                    read_timeout=self._timeout_s,
-                    retries={"mode": "standard", "total_max_attempts": 2},
+                self._client = boto3_client(
+                    "sesv2", connect_timeout_s=self._timeout_s, read_timeout_s=self._timeout_s, attempts=2
                 )
-                self._client = boto3.session.Session().client("sesv2", config=config)
             return self._client
