@@ -45,6 +45,7 @@ LEGACY_SAMPLE = FIXTURES / "cur1.0_daily_anonymized_2023-11_focus-converters.csv
 FOCUS_SAMPLE = FIXTURES / "focus-1.0_finops-sample_1000rows.csv"
 NOVEMBER = date(2023, 11, 1)
 SEPTEMBER = date(2024, 9, 1)
+DATA_KEY = "officex-s3-00001.csv.gz"  # a legacy CUR delivery's one data file
 _DATA_TRANSFER = re.compile(r"DataTransfer|-(In|Out)-A?Bytes")
 
 
@@ -66,16 +67,24 @@ def opener(folder: Path) -> Callable[[str], IO[bytes]]:
 
 
 def read(
-    folder: Path, keys: Iterable[str], period: date, export_format: ExportFormat = ExportFormat.LEGACY_CUR
+    folder: Path,
+    keys: Iterable[str],
+    period: date,
+    export_format: ExportFormat = ExportFormat.LEGACY_CUR,
+    settings: ReaderSettings | None = None,
 ) -> ParsedDelivery:
-    return read_delivery(make_delivery(period, keys, export_format), opener(folder))
+    return read_delivery(make_delivery(period, keys, export_format), opener(folder), settings)
 
 
 def rejection(
-    folder: Path, keys: Iterable[str], period: date, export_format: ExportFormat = ExportFormat.LEGACY_CUR
+    folder: Path,
+    keys: Iterable[str],
+    period: date,
+    export_format: ExportFormat = ExportFormat.LEGACY_CUR,
+    settings: ReaderSettings | None = None,
 ) -> DeliveryRejected:
     with pytest.raises(DeliveryRejected) as rejected:
-        read(folder, keys, period, export_format)
+        read(folder, keys, period, export_format, settings)
     return rejected.value
 
 
@@ -98,6 +107,14 @@ def write_gzip_csv(path: Path, header: list[str], rows: Iterable[list[str]], *, 
     path.write_bytes(gzip.compress(text.getvalue().encode(), compresslevel=level))
 
 
+def rejection_of_gzip_csv(
+    folder: Path, header: list[str], rows: Iterable[list[str]], settings: ReaderSettings | None = None
+) -> DeliveryRejected:
+    """``header`` and ``rows`` as the November delivery's one data file (``DATA_KEY``), rejected."""
+    write_gzip_csv(folder / DATA_KEY, header, rows)
+    return rejection(folder, [DATA_KEY], NOVEMBER, settings=settings)
+
+
 def legacy_sample() -> tuple[list[str], list[list[str]]]:
     with LEGACY_SAMPLE.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
@@ -113,9 +130,9 @@ def unattributed_map(items: Iterable[UnattributedCost]) -> dict[tuple[str, str],
 def test_real_legacy_cur_sample_is_read_to_the_end_then_rejected_without_resource_ids(tmp_path: Path) -> None:
     header, rows = legacy_sample()
     assert "lineItem/ResourceId" not in header
-    (tmp_path / "officex-s3-00001.csv.gz").write_bytes(gzip.compress(LEGACY_SAMPLE.read_bytes()))
+    (tmp_path / DATA_KEY).write_bytes(gzip.compress(LEGACY_SAMPLE.read_bytes()))
 
-    rejected = rejection(tmp_path, ["officex-s3-00001.csv.gz"], NOVEMBER)
+    rejected = rejection(tmp_path, [DATA_KEY], NOVEMBER)
 
     assert rejected.reason.startswith(
         "officex-s3-00001.csv.gz has no resource id column (lineItem/ResourceId)"
@@ -193,9 +210,9 @@ def expected_from(
 
 def test_real_legacy_cur_sample_with_resource_ids_is_attributed_per_bucket_and_day(tmp_path: Path) -> None:
     header, rows = legacy_with_resource_ids()
-    write_gzip_csv(tmp_path / "officex-s3-00001.csv.gz", header, rows)
+    write_gzip_csv(tmp_path / DATA_KEY, header, rows)
 
-    parsed = read(tmp_path, ["officex-s3-00001.csv.gz"], NOVEMBER)
+    parsed = read(tmp_path, [DATA_KEY], NOVEMBER)
 
     expected_costs, expected_unattributed = expected_from(header, rows)
     assert (parsed.rows_read, parsed.s3_rows) == (1281, 799)
@@ -582,9 +599,9 @@ def test_a_corrupt_gzip_file_is_rejected_naming_it(
     data = bytearray((tmp_path / "whole.csv.gz").read_bytes())
     for offset in range(len(data) // 2, len(data) // 2 + 64):
         data[offset] ^= 0x5A
-    (tmp_path / "officex-s3-00001.csv.gz").write_bytes(bytes(data))
+    (tmp_path / DATA_KEY).write_bytes(bytes(data))
 
-    rejected = rejection(tmp_path, ["officex-s3-00001.csv.gz"], NOVEMBER)
+    rejected = rejection(tmp_path, [DATA_KEY], NOVEMBER)
 
     assert rejected.reason.startswith("officex-s3-00001.csv.gz: ")
 
@@ -597,17 +614,17 @@ def test_gzip_corruption_that_still_inflates_is_caught_by_the_crc(
     write_gzip_csv(tmp_path / "good.csv.gz", header, rows, level=0)
     data = (tmp_path / "good.csv.gz").read_bytes()
     offset = data.index(b",1.81E-8,")
-    (tmp_path / "officex-s3-00001.csv.gz").write_bytes(data[: offset + 1] + b"9" + data[offset + 2 :])
+    (tmp_path / DATA_KEY).write_bytes(data[: offset + 1] + b"9" + data[offset + 2 :])
     with duckdb.connect() as connection:
         plain = connection.execute(
             "SELECT count(*) FROM read_csv(?, all_varchar=true, header=true)",
-            [str(tmp_path / "officex-s3-00001.csv.gz")],
+            [str(tmp_path / DATA_KEY)],
         ).fetchone()
     assert plain == (1281,)  # read without complaint
     with pytest.raises(zlib.error, match="incorrect data check"):
-        zlib.decompress((tmp_path / "officex-s3-00001.csv.gz").read_bytes(), wbits=31)
+        zlib.decompress((tmp_path / DATA_KEY).read_bytes(), wbits=31)
 
-    rejected = rejection(tmp_path, ["officex-s3-00001.csv.gz"], NOVEMBER)
+    rejected = rejection(tmp_path, [DATA_KEY], NOVEMBER)
 
     assert rejected.reason == (
         "officex-s3-00001.csv.gz: corrupt gzip data (Error -3 while decompressing data: incorrect data check)"
@@ -615,8 +632,8 @@ def test_gzip_corruption_that_still_inflates_is_caught_by_the_crc(
 
 
 def test_a_file_that_is_not_gzip_is_rejected(tmp_path: Path) -> None:
-    (tmp_path / "officex-s3-00001.csv.gz").write_bytes(b"identity/LineItemId,lineItem/UnblendedCost\n")
-    rejected = rejection(tmp_path, ["officex-s3-00001.csv.gz"], NOVEMBER)
+    (tmp_path / DATA_KEY).write_bytes(b"identity/LineItemId,lineItem/UnblendedCost\n")
+    rejected = rejection(tmp_path, [DATA_KEY], NOVEMBER)
     assert rejected.reason.startswith("officex-s3-00001.csv.gz: the header cannot be read")
 
 
@@ -625,8 +642,7 @@ def test_a_row_with_a_wrong_number_of_columns_is_rejected(
 ) -> None:
     header, rows = legacy_variant
     rows[100] = rows[100][:40]
-    write_gzip_csv(tmp_path / "officex-s3-00001.csv.gz", header, rows)
-    rejected = rejection(tmp_path, ["officex-s3-00001.csv.gz"], NOVEMBER)
+    rejected = rejection_of_gzip_csv(tmp_path, header, rows)
     assert rejected.reason.startswith("officex-s3-00001.csv.gz: ")
     assert "CSV Error on Line: 102" in rejected.reason
     assert "Original Line" not in rejected.reason
@@ -645,8 +661,7 @@ def test_an_amount_that_does_not_parse_is_rejected(
 ) -> None:
     header, rows = legacy_variant
     rows[5][header.index("lineItem/UnblendedCost")] = value
-    write_gzip_csv(tmp_path / "officex-s3-00001.csv.gz", header, rows)
-    rejected = rejection(tmp_path, ["officex-s3-00001.csv.gz"], NOVEMBER)
+    rejected = rejection_of_gzip_csv(tmp_path, header, rows)
     assert rejected.reason == f"officex-s3-00001.csv.gz: {reason}"
 
 
@@ -656,8 +671,7 @@ def test_an_s3_usage_start_that_does_not_parse_is_rejected(
     header, rows = legacy_variant
     s3_row = next(row for row in rows if row[header.index("lineItem/ResourceId")].startswith("officex-"))
     s3_row[header.index("lineItem/UsageStartDate")] = "yesterday"
-    write_gzip_csv(tmp_path / "officex-s3-00001.csv.gz", header, rows)
-    rejected = rejection(tmp_path, ["officex-s3-00001.csv.gz"], NOVEMBER)
+    rejected = rejection_of_gzip_csv(tmp_path, header, rows)
     assert rejected.reason == (
         "officex-s3-00001.csv.gz: 1 S3 row(s) have a lineItem/UsageStartDate that is not a time,"
         " e.g. 'yesterday'"
@@ -699,8 +713,7 @@ def test_cur2_without_resource_ids_is_rejected_with_cur2_advice(tmp_path: Path) 
 
 def test_a_delivery_without_rows_is_rejected(tmp_path: Path) -> None:
     header, _ = legacy_with_resource_ids()
-    write_gzip_csv(tmp_path / "officex-s3-00001.csv.gz", header, [])
-    rejected = rejection(tmp_path, ["officex-s3-00001.csv.gz"], NOVEMBER)
+    rejected = rejection_of_gzip_csv(tmp_path, header, [])
     assert "hold no rows" in rejected.reason
 
 
@@ -918,8 +931,5 @@ def test_a_csv_error_in_a_file_cut_into_fifos_is_reported_with_its_line_in_the_f
     header, rows = legacy_variant
     rows = rows * 40  # several pieces
     rows[30_000] = rows[30_000][:40]
-    write_gzip_csv(tmp_path / "officex-s3-00001.csv.gz", header, rows)
-    delivery = make_delivery(NOVEMBER, ["officex-s3-00001.csv.gz"], ExportFormat.LEGACY_CUR)
-    with pytest.raises(DeliveryRejected) as rejected:
-        read_delivery(delivery, opener(tmp_path), ReaderSettings(threads=2))
-    assert "CSV Error on Line: 30002" in rejected.value.reason
+    rejected = rejection_of_gzip_csv(tmp_path, header, rows, ReaderSettings(threads=2))
+    assert "CSV Error on Line: 30002" in rejected.reason
