@@ -208,7 +208,7 @@ class ProvisioningWorker:
     def _perform(self, job: ResourceJob, outcome: ProvisioningOutcome) -> None:
         log = {"outbox_id": job.id, "purchase_id": str(job.purchase_id), "action": job.action.value}
         try:
-            record = self._act(job, self._context(job.purchase_id))
+            status = self._act(job, self._context(job.purchase_id))
         except _Skip as skip:
             why = str(skip)
             if self._transactions.run_single_write(lambda unit: unit.provisioning.settle_skipped(job, why)):
@@ -241,9 +241,7 @@ class ProvisioningWorker:
             reason = f"unexpected {type(unexpected).__name__}"
         else:
             outcome.done += 1
-            logger.info(
-                "resource action done", extra={**log, "status": record.status.value if record else None}
-            )
+            logger.info("resource action done", extra={**log, "status": status.value})
             return
         self._note_error(job, reason)
         self._retry_later(job, reason, outcome, log)
@@ -266,8 +264,8 @@ class ProvisioningWorker:
             raise ProvisioningFailed(f"no provisioner for {kind.value} is configured in this deployment")
         return provisioner
 
-    def _act(self, job: ResourceJob, context: _Context) -> ResourceRecord | None:
-        """Perform ``job``; returns the resource as it ends up (None when there is none)."""
+    def _act(self, job: ResourceJob, context: _Context) -> ResourceStatus:
+        """Perform ``job``; returns the status the resource ends in."""
         action, record = job.action, context.record
         if action is ResourceAction.PROVISION:
             return self._provision(job, context)
@@ -285,7 +283,7 @@ class ProvisioningWorker:
             provisioner.resume(record.ref(), steps)
         return self._complete(job, record, None)
 
-    def _provision(self, job: ResourceJob, context: _Context) -> ResourceRecord:
+    def _provision(self, job: ResourceJob, context: _Context) -> ResourceStatus:
         facts, record = context.facts, context.record
         if record is not None and record.status is not ResourceStatus.PROVISIONING:
             raise _Skip(f"the resource is already provisioned ({record.status.value})")
@@ -306,7 +304,7 @@ class ProvisioningWorker:
         provisioned = provisioner.provision(record.ref(wanted.tags), steps)
         return self._complete(job, record, provisioned)
 
-    def _delete(self, job: ResourceJob, context: _Context) -> ResourceRecord | None:
+    def _delete(self, job: ResourceJob, context: _Context) -> ResourceStatus:
         facts, record = context.facts, context.record
         self._termination_safety(job, facts, record)
         if record is None:
@@ -321,7 +319,7 @@ class ProvisioningWorker:
 
     def _complete(
         self, job: ResourceJob, record: ResourceRecord, provisioned: Provisioned | None
-    ) -> ResourceRecord:
+    ) -> ResourceStatus:
         status = STATUS_AFTER[job.action]
         ciphertext = None
         if provisioned is not None and provisioned.credentials:
@@ -345,14 +343,7 @@ class ProvisioningWorker:
                 )
 
         self._transactions.run(complete)
-        return replace(
-            record,
-            status=status,
-            summary=summary if summary is not None else record.summary,
-            credentials_ciphertext=None
-            if status is ResourceStatus.DELETED
-            else ciphertext or record.credentials_ciphertext,
-        )
+        return status
 
     # ---------------------------------------------------- termination safety
     def _termination_safety(
