@@ -269,18 +269,22 @@ class ProvisioningWorker:
         action, record = job.action, context.record
         if action is ResourceAction.PROVISION:
             return self._provision(job, context)
+        nothing_provisioned = "no resource was provisioned for this purchase"
         if action is ResourceAction.DELETE:
-            return self._delete(job, context)
+            self._termination_safety(job, context.facts, record)
+            nothing_provisioned += " (final statement sent)"
         if record is None:
-            raise _Skip("no resource was provisioned for this purchase")
+            raise _Skip(nothing_provisioned)
         if record.status is ResourceStatus.DELETED:
             raise _Skip("the resource is already deleted")
         provisioner = self._provisioner(record.kind)
         steps = PostgresBackedStepLog(self._transactions, record.id, action, job.id)
         if action is ResourceAction.SUSPEND:
             provisioner.suspend(record.ref(), steps)
-        else:
+        elif action is ResourceAction.RESUME:
             provisioner.resume(record.ref(), steps)
+        else:
+            provisioner.delete(record.ref(), steps)
         return self._complete(job, record, None)
 
     def _provision(self, job: ResourceJob, context: _Context) -> ResourceStatus:
@@ -303,19 +307,6 @@ class ProvisioningWorker:
         steps = PostgresBackedStepLog(self._transactions, record.id, job.action, job.id)
         provisioned = provisioner.provision(record.ref(wanted.tags), steps)
         return self._complete(job, record, provisioned)
-
-    def _delete(self, job: ResourceJob, context: _Context) -> ResourceStatus:
-        facts, record = context.facts, context.record
-        self._termination_safety(job, facts, record)
-        if record is None:
-            raise _Skip("no resource was provisioned for this purchase (final statement sent)")
-        if record.status is ResourceStatus.DELETED:
-            raise _Skip("the resource is already deleted")
-        provisioner = self._provisioner(record.kind)
-        provisioner.delete(
-            record.ref(), PostgresBackedStepLog(self._transactions, record.id, job.action, job.id)
-        )
-        return self._complete(job, record, None)
 
     def _complete(
         self, job: ResourceJob, record: ResourceRecord, provisioned: Provisioned | None
