@@ -199,9 +199,8 @@ class GeminiKeyProvisioner:
 
     def _usable_key(self, resource: ResourceRef, key_id: str) -> ApiKey:
         """The purchase's key: existing, not deleted, and never left without the Gemini-only restriction."""
-        try:
-            key = self._client.get_key(key_id)
-        except GoogleNotFound:
+        key = self._find_key(key_id)
+        if key is None:
             # Never created (its operation failed and was forgotten), or still being created.
             retry = self._request_create(resource, key_id)
             if retry is None:
