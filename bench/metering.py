@@ -12,6 +12,10 @@ local runner's builder (``Authorization: Bearer vk_…``, JSON body,
   $1 at $0.05 an event, so every purchase crosses low, critical and
   termination within its first 18 events (status trigger, outbox rows); the
   rest are charged to suspended purchases (``allowed: false``);
+* **store-single-hot** (reference, not a target): single-hot without the
+  handler and without the service: ``PostgresUsageStore.charge_batch`` (the
+  one metering statement, migration 0013) with a charge built in advance, on
+  the worker's own connection: what the database side allows per purchase here;
 * **reference-bare-hot** (reference, not a target): an autocommit
   ``UPDATE purchases SET balance_nano = balance_nano - x`` on one row from the
   same worker processes: the ceiling for anything that changes one hot row
@@ -89,9 +93,11 @@ from billing.adapters.postgres.connection import open_connection, shared_connect
 from billing.adapters.postgres.migrate import apply_migrations  # noqa: E402
 from billing.adapters.postgres.purchase_store import PostgresPurchaseStore  # noqa: E402
 from billing.adapters.postgres.transactions import PostgresTransactions  # noqa: E402
+from billing.adapters.postgres.usage_store import PostgresUsageStore  # noqa: E402
 from billing.domain.api_keys import KeyRole, generate_api_key, hash_api_key  # noqa: E402
-from billing.domain.ledger import credit  # noqa: E402
+from billing.domain.ledger import credit, debit  # noqa: E402
 from billing.domain.purchase import NewPurchase, Triggers  # noqa: E402
+from billing.domain.usage_charges import UsageCharge  # noqa: E402
 from billing.services.ledger import LedgerService  # noqa: E402
 from billing.services.lifecycle import PurchaseLifecycle  # noqa: E402
 from billing.services.metering import MeteringService, UsageEvent  # noqa: E402
@@ -128,7 +134,8 @@ class Scenario:
     pool: str  # which purchases: "hot" (one), "spread" (--purchases), "crossing", "bare"
     description: str
     target_events_per_s: float | None = None
-    #: "handler": lambda_handler with a payload-2.0 event; "service": MeteringService.meter directly
+    #: "handler": lambda_handler with a payload-2.0 event; "service": MeteringService.meter directly;
+    #: "store": the usage store's one statement (PostgresUsageStore.charge_batch) directly
     via: str = "handler"
 
 
@@ -154,6 +161,13 @@ SCENARIOS: dict[str, Scenario] = {
             "hot",
             "as single-hot, MeteringService.meter called directly: no Powertools, JSON or HTTP models",
             via="service",
+        ),
+        Scenario(
+            "store-single-hot",
+            1,
+            "hot",
+            "as single-hot, only the metering statement (usage store): no handler, no service",
+            via="store",
         ),
         Scenario("reference-bare-hot", 0, "bare", "autocommit UPDATE of one row (reference ceiling)"),
     )
@@ -225,6 +239,12 @@ class _Client:
         self._bare: psycopg.Connection[Any] | None = None
         # the handler's own connection (shared_connection, from DATABASE_URL), without the handler
         self.metering = MeteringService(PostgresTransactions())
+        self._key_hashes: dict[str, bytes] = {}
+
+    def key_hash(self, target: Target) -> bytes:
+        if target.vendor_key not in self._key_hashes:
+            self._key_hashes[target.vendor_key] = hash_api_key(target.vendor_key)
+        return self._key_hashes[target.vendor_key]
 
     def event(self, target: Target, body: bytes) -> dict[str, Any]:
         path = f"/purchase/{target.purchase_id}/meter-usage"
@@ -291,6 +311,35 @@ def _run_phase(client: _Client, spec: PhaseSpec, worker: int) -> WorkerResult:
             )
             return 1, True, clock() - started, None
         keys = [f"{spec.phase_id}-{worker}-{counter}-{index}" for index in range(scenario.batch)]
+        if scenario.via == "store":
+            purchase_id, occurred_at = UUID(target.purchase_id), datetime.now(UTC)
+            charges = [
+                UsageCharge(
+                    debit(
+                        purchase_id,
+                        cost,
+                        key,
+                        require_available=False,
+                        source="meter-usage",
+                        meter="explicit",
+                        quantity="1",
+                        unit="tokens",
+                        metadata={},
+                    ),
+                    occurred_at,
+                    cost,
+                    None,
+                    {},
+                )
+                for key in keys
+            ]
+            store = PostgresUsageStore(shared_connection())
+            started = clock()
+            batch = store.charge_batch(purchase_id, client.key_hash(target), charges)
+            elapsed = clock() - started
+            if len(batch.entries) != len(keys) or any(entry.replayed for entry in batch.entries):
+                return 0, True, elapsed, f"store answered {len(batch.entries)} events or a replay"
+            return len(keys), True, elapsed, None
         if scenario.via == "service":
             usage = [UsageEvent(key, Decimal(1), "tokens", cost_nano=cost) for key in keys]
             started = clock()

@@ -31,6 +31,7 @@ def test_the_metering_bench_runs_and_every_request_is_answered(database_url: str
         "single-spread",
         "batch-hot",
         "batch-spread",
+        "store-single-hot",
     }
     assert all(phase["failed_requests"] == 0 and phase["events"] > 0 for phase in phases)
     assert report["metering"]["checks"]["batch-hot"]["usage_entries"] > 0
