@@ -41,6 +41,7 @@ from billing.domain.notifications import (
     webhook_body,
     webhook_secret_context,
 )
+from billing.services.leased_batches import handle_due_batches
 from billing.services.ports import EmailSender, HttpPoster, Outbox, SecretBox
 
 logger = Logger(child=True)
@@ -138,17 +139,15 @@ class OutboxDispatcher:
         """
         outcome = DispatchOutcome()
         policy = self._policy
-        while time_left() > policy.reserve:
-            batch = self._outbox.claim_due([kind.value for kind in kinds], policy.batch_size, policy.lease)
-            settled_before = outcome.delivered + outcome.skipped
-            for index, message in enumerate(batch):
-                if time_left() <= policy.reserve:
-                    for unsent in batch[index:]:
-                        outcome.released += int(self._outbox.release(unsent))
-                    return outcome
-                self._dispatch(message, outcome)
-            if outcome.delivered + outcome.skipped == settled_before:
-                break  # nothing due, or only failures: the rest waits for its backoff
+        kind_values = [kind.value for kind in kinds]
+        outcome.released = handle_due_batches(
+            claim=lambda: self._outbox.claim_due(kind_values, policy.batch_size, policy.lease),
+            handle=lambda message: self._dispatch(message, outcome),
+            release=self._outbox.release,
+            settled=lambda: outcome.delivered + outcome.skipped,  # failures wait for their backoff
+            time_left=time_left,
+            reserve=policy.reserve,
+        )
         return outcome
 
     # --------------------------------------------------------------- one row

@@ -53,6 +53,7 @@ from billing.domain.provisioning import (
     resource_view,
 )
 from billing.domain.purchase import PurchaseStatus
+from billing.services.leased_batches import handle_due_batches
 from billing.services.ports import SecretBox, Transactions, UnitOfWork
 
 logger = Logger(child=True)
@@ -187,21 +188,18 @@ class ProvisioningWorker:
         """
         outcome = ProvisioningOutcome()
         policy = self._policy
-        while time_left() > policy.reserve:
-            batch = self._transactions.run_single_write(
+        outcome.released = handle_due_batches(
+            claim=lambda: self._transactions.run_single_write(
                 lambda unit: unit.provisioning.claim_jobs(
                     RESOURCE_KINDS, policy.batch_size, policy.lease, purchase_id
                 )
-            )
-            settled_before = outcome.done + outcome.skipped
-            for index, job in enumerate(batch):
-                if time_left() <= policy.reserve:
-                    for untried in batch[index:]:
-                        outcome.released += int(self._release(untried))
-                    return outcome
-                self._perform(job, outcome)
-            if outcome.done + outcome.skipped == settled_before:
-                break  # nothing due, or nothing finished: the rest waits for its time
+            ),
+            handle=lambda job: self._perform(job, outcome),
+            release=self._release,
+            settled=lambda: outcome.done + outcome.skipped,  # postponed and retried rows wait their time
+            time_left=time_left,
+            reserve=policy.reserve,
+        )
         return outcome
 
     # --------------------------------------------------------------- one job
