@@ -67,3 +67,23 @@ def test_authorize_then_capture_then_spend_to_suspension(local: Local) -> None:
 
     suspended = _post(local, "/authorize", {"idempotency_key": "call-4", "amount": "0.000000001"})
     assert suspended.status == 402
+
+
+def test_a_bad_body_is_reported_against_the_form_that_was_sent(local: Local) -> None:
+    """One event and a batch are told apart by ``events``: errors name the form sent, and only it."""
+    purchase = f"/purchase/{local.seed.purchase_id}"
+    opening = local.request("GET", purchase, key=local.seed.customer_key).json()["balance"]
+
+    single = _post(local, "/meter-usage", {"idempotency_key": "e1", "usage_amount": "1", "unit": "t"})
+    batch = _post(
+        local,
+        "/meter-usage",
+        {"events": [{"idempotency_key": "e2", "usage_amount": "x", "unit": "t", "cost_incurred": "0.1"}]},
+    )
+
+    assert (single.status, batch.status) == (422, 422)
+    assert [error["loc"] for error in single.json()["errors"]] == [["body", "event"]]
+    assert "exactly one of cost_incurred or meter" in single.json()["errors"][0]["msg"]
+    batch_error = ["body", "batch", "events", 0, "usage_amount"]
+    assert [error["loc"] for error in batch.json()["errors"]] == [batch_error]
+    assert local.request("GET", purchase, key=local.seed.customer_key).json()["balance"] == opening

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from billing.api.models import IdempotencyKey, ResponseModel, StrictModel
 from billing.domain.money import PositiveUsdAmount, SignedUsdAmount, UsdAmount
@@ -88,6 +96,21 @@ class UsageBatchBody(StrictModel):
         if len(set(keys)) != len(keys):
             raise ValueError("an idempotency_key appears twice in the batch")
         return events
+
+
+def _body_kind(body: Any) -> str:
+    """A body with ``events`` is a batch; anything else is read as one event."""
+    if isinstance(body, UsageBatchBody) or (isinstance(body, dict) and "events" in body):
+        return "batch"
+    return "event"
+
+
+#: The meter-usage body: one event, or ``{"events": [...]}``. Told apart by the ``events`` key, so a
+#: mistake is reported against the form that was sent, not against both.
+MeterUsageBody = Annotated[
+    Annotated[UsageEventBody, Tag("event")] | Annotated[UsageBatchBody, Tag("batch")],
+    Discriminator(_body_kind),
+]
 
 
 class MeteredEventView(ResponseModel):
