@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import multiprocessing
@@ -95,12 +96,11 @@ from billing.adapters.postgres.purchase_store import PostgresPurchaseStore  # no
 from billing.adapters.postgres.transactions import PostgresTransactions  # noqa: E402
 from billing.adapters.postgres.usage_store import PostgresUsageStore  # noqa: E402
 from billing.domain.api_keys import KeyRole, generate_api_key, hash_api_key  # noqa: E402
-from billing.domain.ledger import credit, debit  # noqa: E402
+from billing.domain.ledger import credit  # noqa: E402
 from billing.domain.purchase import NewPurchase, Triggers  # noqa: E402
-from billing.domain.usage_charges import UsageCharge  # noqa: E402
 from billing.services.ledger import LedgerService  # noqa: E402
 from billing.services.lifecycle import PurchaseLifecycle  # noqa: E402
-from billing.services.metering import MeteringService, UsageEvent  # noqa: E402
+from billing.services.metering import MeteringService, UsageEvent, _usage_charge  # noqa: E402
 from local.events import HttpRequest, RouteMatch, build_event  # noqa: E402
 from local.handlers import LocalLambdaContext, load_handler  # noqa: E402
 from local.postgres import admin_database_url, scratch_database  # noqa: E402
@@ -239,12 +239,7 @@ class _Client:
         self._bare: psycopg.Connection[Any] | None = None
         # the handler's own connection (shared_connection, from DATABASE_URL), without the handler
         self.metering = MeteringService(PostgresTransactions())
-        self._key_hashes: dict[str, bytes] = {}
-
-    def key_hash(self, target: Target) -> bytes:
-        if target.vendor_key not in self._key_hashes:
-            self._key_hashes[target.vendor_key] = hash_api_key(target.vendor_key)
-        return self._key_hashes[target.vendor_key]
+        self.key_hash = functools.cache(hash_api_key)
 
     def event(self, target: Target, body: bytes) -> dict[str, Any]:
         path = f"/purchase/{target.purchase_id}/meter-usage"
@@ -311,37 +306,22 @@ def _run_phase(client: _Client, spec: PhaseSpec, worker: int) -> WorkerResult:
             )
             return 1, True, clock() - started, None
         keys = [f"{spec.phase_id}-{worker}-{counter}-{index}" for index in range(scenario.batch)]
+        usage = (
+            [UsageEvent(key, Decimal(1), "tokens", cost_nano=cost) for key in keys]
+            if scenario.via != "handler"
+            else []
+        )
         if scenario.via == "store":
             purchase_id, occurred_at = UUID(target.purchase_id), datetime.now(UTC)
-            charges = [
-                UsageCharge(
-                    debit(
-                        purchase_id,
-                        cost,
-                        key,
-                        require_available=False,
-                        source="meter-usage",
-                        meter="explicit",
-                        quantity="1",
-                        unit="tokens",
-                        metadata={},
-                    ),
-                    occurred_at,
-                    cost,
-                    None,
-                    {},
-                )
-                for key in keys
-            ]
+            charges = [_usage_charge(purchase_id, event, occurred_at, None) for event in usage]
             store = PostgresUsageStore(shared_connection())
             started = clock()
-            batch = store.charge_batch(purchase_id, client.key_hash(target), charges)
+            batch = store.charge_batch(purchase_id, client.key_hash(target.vendor_key), charges)
             elapsed = clock() - started
             if len(batch.entries) != len(keys) or any(entry.replayed for entry in batch.entries):
                 return 0, True, elapsed, f"store answered {len(batch.entries)} events or a replay"
             return len(keys), True, elapsed, None
         if scenario.via == "service":
-            usage = [UsageEvent(key, Decimal(1), "tokens", cost_nano=cost) for key in keys]
             started = clock()
             outcome = client.metering.meter(target.purchase_id, target.vendor_key, usage)
             elapsed = clock() - started

@@ -24,7 +24,7 @@ class Queue:
 
     def claim(self) -> list[int]:
         self.claims += 1
-        ready = [row for row in self.due if row not in self.handled or row not in self.failing]
+        ready = [row for row in self.due if not (row in self.failing and row in self.handled)]
         return ready[: self.batch_size]
 
     def handle(self, row: int) -> None:
